@@ -1,0 +1,245 @@
+"""Invariants: the counters must agree with the page tables (the DEBUG_VM / page_table_check view).
+
+One pass over every mm's page tables tallies, per folio, the entries that map it (PTE per page,
+PMD, PUD), per mm the pages mapped by kind, and then compares with the folios' refcount,
+mapcounts, nr_pages_mapped, deferred-split state, the mms' RSS counters and the vmstat items
+NR_ANON_MAPPED, NR_FILE_MAPPED, NR_ANON_THPS, NR_*_PMDMAPPED and NR_FILE_PAGES. A broken
+invariant yields a :class:`Violation` with a __dump_folio-style dump.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from foliosim.kernel.physmem import ENTIRELY_MAPPED, GUP_PIN_COUNTING_BIAS, Folio
+
+if TYPE_CHECKING:
+    from foliosim.kernel.kernel import Kernel
+
+
+@dataclass
+class Violation:
+    invariant: str
+    message: str
+    dump: str = ""
+
+    def render(self) -> str:
+        return f"invariant {self.invariant} broken: {self.message}" + (
+            f"\n{self.dump}" if self.dump else ""
+        )
+
+
+@dataclass
+class Tally:
+    ptes: np.ndarray[Any, Any] | None = None  # PTE entries per page
+    pte_total: int = 0
+    pmds: int = 0
+    puds: int = 0
+    mms: set[int] = field(default_factory=set)
+
+    def per_page(self, folio: Folio) -> np.ndarray[Any, Any]:
+        if self.ptes is None:
+            self.ptes = np.zeros(folio.nr_pages, dtype=np.int64)
+        return self.ptes
+
+
+def dump_folio(k: Kernel, folio: Folio) -> str:
+    """A __dump_folio()-style report (mm/debug.c, 7.1.8)."""
+    mapping = getattr(folio.mapping, "name", None) or (
+        f"anon_vma:{folio.mapping.id}" if folio.anon and folio.mapping is not None else "NULL"  # type: ignore[attr-defined]
+    )
+    lines = [
+        f"page: refcount:{folio.refcount} mapcount:{folio.folio_mapcount()} "
+        f"mapping:{mapping} index:{folio.index:#x} pfn:{folio.pfn:#x}",
+    ]
+    if folio.large:
+        lines.append(
+            f"head: order:{folio.order} mapcount:{folio.large_mapcount} "
+            f"entire_mapcount:{folio.entire_mapcount} "
+            f"nr_pages_mapped:{folio.folio_nr_pages_mapped()} pincount:{folio.pincount}"
+        )
+    kind = "ZONE_DEVICE " if folio.zone_device else ""
+    lines.append(f"flags: {kind}{'|'.join(folio.flag_names()) or '0'}")
+    return "\n".join(lines)
+
+
+def _extra_refs(k: Kernel) -> dict[int, int]:
+    """References held by `pin ... get` sets (FOLL_GET): one per page grabbed."""
+    extra: dict[int, int] = defaultdict(int)
+    for pins in getattr(k, "pinsets", {}).values():
+        if pins.released or pins.pin:
+            continue
+        for folio, _ in pins.pages:
+            extra[id(folio)] += 1
+    return extra
+
+
+def check_all(k: Kernel) -> list[Violation]:
+    """Run every invariant over the whole model."""
+    geo = k.geometry
+    tallies: dict[int, Tally] = defaultdict(Tally)
+    folios: dict[int, Folio] = {}
+    out: list[Violation] = []
+    for mm in k.live_mms():
+        rss = [0, 0, 0, 0]
+        for kind_nr, leaves in ((k.config.pud_nr, mm.pgtables.pud_leaves), (k.config.pmd_nr, mm.pgtables.pmd_leaves)):
+            for n, leaf in leaves.items():
+                shift = geo.pud_shift if kind_nr == k.config.pud_nr else geo.pmd_shift
+                vma = mm.find_vma(n << shift)
+                if vma is None or (n << shift) + (kind_nr << k.page_shift) > vma.end:
+                    out.append(Violation("leaf-in-vma", f"huge leaf at {n << shift:#x} outside a VMA"))
+                if leaf.special:
+                    continue
+                f = leaf.folio
+                folios[id(f)] = f
+                t = tallies[id(f)]
+                t.mms.add(mm.id)
+                if kind_nr == k.config.pud_nr:
+                    t.puds += 1
+                else:
+                    t.pmds += 1
+                rss[_rss_index(f)] += kind_nr
+        for pmd_no, table in mm.pgtables.pte_tables.items():
+            if not table.present:
+                continue
+            slots = np.flatnonzero(table.folios != None)  # noqa: E711
+            base = pmd_no << geo.pmd_shift
+            for slot in slots:
+                slot = int(slot)
+                if table.bits[slot] & 8:  # special
+                    continue
+                f = table.folios[slot]
+                folios[id(f)] = f
+                t = tallies[id(f)]
+                t.mms.add(mm.id)
+                t.pte_total += 1
+                t.per_page(f)[int(table.index[slot])] += 1
+                rss[_rss_index(f)] += 1
+                if mm.find_vma(base + (slot << k.page_shift)) is None:
+                    out.append(Violation("leaf-in-vma", f"PTE at {base + (slot << k.page_shift):#x} outside a VMA"))
+        for i, name in enumerate(("MM_FILEPAGES", "MM_ANONPAGES", "MM_SWAPENTS", "MM_SHMEMPAGES")):
+            if i != 2 and mm.rss[i] != rss[i]:
+                out.append(
+                    Violation("rss", f"mm {mm.id} {name} is {mm.rss[i]}, page tables map {rss[i]}")
+                )
+    for f in k.physmem.all_folios():
+        folios.setdefault(id(f), f)
+    for file in list(k.files.values()) + list(k.devices.values()):
+        for f in file.cache.values():
+            folios.setdefault(id(f), f)
+    extra = _extra_refs(k)
+    stats = defaultdict(int)
+    for key, f in folios.items():
+        t = tallies.get(key, Tally())
+        out.extend(_check_folio(k, f, t, extra.get(key, 0)))
+        _add_stats(k, f, t, stats)
+    out.extend(_check_stats(k, stats))
+    out.extend(_check_deferred(k))
+    return out
+
+
+def _rss_index(f: Folio) -> int:
+    if f.anon:
+        return 1
+    return 3 if f.swapbacked else 0
+
+
+def _check_folio(k: Kernel, f: Folio, t: Tally, gets: int) -> list[Violation]:
+    out: list[Violation] = []
+
+    def bad(inv: str, msg: str) -> None:
+        out.append(Violation(inv, msg, dump_folio(k, f)))
+
+    mapped_entries = t.pte_total + t.pmds + t.puds
+    if f.zero:
+        return out
+    if f.freed:
+        if mapped_entries:
+            bad("freed-unmapped", f"freed folio {f!r} still mapped by {mapped_entries} entries")
+        return out
+    in_cache = 0
+    mapping = f.mapping
+    if mapping is not None and getattr(mapping, "cache", {}).get(f.index) is f:
+        in_cache = f.nr_pages
+    pins = f.pincount if f.large else f.pins_small * GUP_PIN_COUNTING_BIAS
+    if k.variant.pin_takes_one_ref and not f.large:
+        pins = f.pins_small
+    idle = f.pgmap.idle_refcount if f.pgmap is not None else 0
+    expected = mapped_entries + in_cache + pins + gets + idle
+    if f.refcount != expected:
+        bad(
+            "refcount",
+            f"refcount {f.refcount} != {mapped_entries} mappings + {in_cache} page cache + "
+            f"{pins} pin + {gets} get + {idle} idle",
+        )
+    if f.large:
+        if f.large_mapcount != mapped_entries:
+            bad("large_mapcount", f"large mapcount {f.large_mapcount} != {mapped_entries} entries")
+        if f.entire_mapcount != t.pmds + t.puds:
+            bad("entire_mapcount", f"entire mapcount {f.entire_mapcount} != {t.pmds + t.puds} PMD/PUD entries")
+        if t.pmds and t.puds:
+            bad("pud-and-pmd", "folio mapped by both PUD and PMD entries")
+        if k.config.page_mapcount:
+            per_page = t.ptes if t.ptes is not None else np.zeros(f.nr_pages, dtype=np.int64)
+            actual = f.page_mapcounts if f.page_mapcounts is not None else np.zeros(f.nr_pages, dtype=np.int32)
+            if not np.array_equal(per_page, actual):
+                first = int(np.flatnonzero(per_page != actual)[0])
+                bad("page_mapcount", f"page {first}: mapcount {int(actual[first])} != {int(per_page[first])} PTEs")
+            expect_raw = int((per_page > 0).sum()) + (ENTIRELY_MAPPED if t.pmds + t.puds else 0)
+            if f.nr_pages_mapped_raw != expect_raw:
+                bad("nr_pages_mapped", f"_nr_pages_mapped {f.nr_pages_mapped_raw:#x} != {expect_raw:#x}")
+        if f.pincount < 0:
+            bad("pincount", f"negative pincount {f.pincount}")
+    elif f.mapcount_small != t.pte_total:
+        bad("mapcount", f"mapcount {f.mapcount_small} != {t.pte_total} PTEs")
+    return out
+
+
+def _add_stats(k: Kernel, f: Folio, t: Tally, stats: dict[str, int]) -> None:
+    if f.zero or f.freed:
+        return
+    pages_mapped = 0
+    if t.pmds + t.puds:
+        pages_mapped = f.nr_pages
+    elif t.ptes is not None:
+        pages_mapped = int((t.ptes > 0).sum())
+    elif not f.large and t.pte_total:
+        pages_mapped = 1
+    stats["nr_anon_pages" if f.anon else "nr_mapped"] += pages_mapped
+    pmd_levels = t.pmds + (t.puds if k.variant.pud_counts_pmdmapped else 0)
+    if pmd_levels:
+        item = "nr_anon_transparent_hugepages" if f.anon else (
+            "nr_shmem_pmdmapped" if f.swapbacked else "nr_file_pmdmapped"
+        )
+        stats[item] += f.nr_pages
+
+
+def _check_stats(k: Kernel, stats: dict[str, int]) -> list[Violation]:
+    out = []
+    for item in ("nr_anon_pages", "nr_mapped", "nr_anon_transparent_hugepages",
+                 "nr_shmem_pmdmapped", "nr_file_pmdmapped"):
+        have = k.vmstat.counters.get(item, 0)
+        if have != stats.get(item, 0):
+            out.append(Violation("vmstat", f"{item} is {have}, folios account {stats.get(item, 0)}"))
+    cached = sum(f.nr_pages for file in k.files.values() for f in file.cache.values())
+    if k.vmstat.counters.get("nr_file_pages", 0) != cached:
+        out.append(Violation("vmstat", f"nr_file_pages {k.vmstat.counters.get('nr_file_pages', 0)} != {cached} cached"))
+    return out
+
+
+def _check_deferred(k: Kernel) -> list[Violation]:
+    out = []
+    queue = k.physmem.deferred_split_queue
+    for pfn, f in queue.items():
+        if f.freed or not f.deferred or f.pfn != pfn or not f.anon or f.order <= 1:
+            out.append(Violation("deferred-split", f"bad queue entry {f!r}", dump_folio(k, f)))
+    for f in k.physmem.folios.values():
+        if f.deferred and f.pfn not in queue:
+            out.append(Violation("deferred-split", f"{f!r} marked queued but not on the queue", dump_folio(k, f)))
+        if f.partially_mapped and not f.deferred:
+            out.append(Violation("deferred-split", f"partially mapped {f!r} not queued", dump_folio(k, f)))
+    return out

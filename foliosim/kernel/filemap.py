@@ -1,0 +1,214 @@
+"""Page-cache and shmem faults: ->fault, fault-around (->map_pages) and readahead.
+
+Models mm/filemap.c filemap_fault(), do_sync_mmap_readahead(), filemap_map_pages() and
+mm/shmem.c shmem_fault()/shmem_get_folio_gfp() of Linux 7.1.8 for what changes counters:
+
+- page cache (a filesystem with large-folio support, like ext4/xfs in 7.1): a miss reads
+  around the faulting index (read_ahead_kb=128: ra_pages/2 before it, ra_pages in all) as
+  order-0 folios; with VM_HUGEPAGE, readahead allocates PMD-sized folios (ra->order =
+  HPAGE_PMD_ORDER) where the aligned range lies inside the file.
+- shmem: a fault on a hole allocates a zeroed folio; PMD-sized when the mount's huge=
+  (always, within_size, advise + VM_HUGEPAGE) allows it and the aligned range fits the VMA.
+- fault-around maps the pages already cached in the fault_around_bytes window (clipped to
+  the VMA and the page table), or the whole PMD if the folio there is PMD-sized.
+
+Left out: async readahead ramp-up, the mmap_miss heuristic, mTHP sizes for shmem/page cache
+(hugepages-*/shmem_enabled), folio locking and writeback.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from foliosim.kernel import rmap
+from foliosim.kernel.files import filemap_add_folio
+from foliosim.kernel.mm import VM
+from foliosim.kernel.pgtable import PTE_WRITE, PTE_YOUNG
+from foliosim.kernel.physmem import Folio
+
+if TYPE_CHECKING:
+    from foliosim.kernel.files import BackingFile
+    from foliosim.kernel.kernel import Kernel
+    from foliosim.kernel.mm import VMA
+
+
+def filemap_fault(k: Kernel, vma: VMA, addr: int, write: bool) -> tuple[Folio, int] | str:
+    """->fault for page cache and shmem: the folio caching the page, with one extra
+    reference for the caller, and the page's index inside it; or "SIGBUS" beyond EOF."""
+    file = vma.file
+    assert file is not None
+    index = vma.linear_page_index(addr, k.page_shift)
+    if index >= file.size_pages(k.page_shift):
+        return "SIGBUS"
+    folio = file.find_folio(index)
+    if folio is None:
+        if file.kind == "shmem":
+            folio = shmem_alloc_and_add_folio(k, file, vma, addr, index)
+        else:
+            page_cache_sync_readahead(k, file, vma, index)
+            folio = file.find_folio(index)
+        if folio is None:
+            return "SIGBUS"  # allocation failed: VM_FAULT_OOM
+    k.folio_get(folio)
+    return folio, index - folio.index
+
+
+def page_cache_sync_readahead(k: Kernel, file: BackingFile, vma: VMA, index: int) -> None:
+    """do_sync_mmap_readahead() (mm/filemap.c, 7.1.8) for an uncached index."""
+    k.enter("do_sync_mmap_readahead")
+    end = file.size_pages(k.page_shift)
+    pmd_order = k.geometry.pmd_order
+    if vma.flags & VM.HUGEPAGE and k.config.enabled("TRANSPARENT_HUGEPAGE"):
+        nr = 1 << pmd_order
+        start = index & ~(nr - 1)
+        if start + nr <= end and all(file.find_folio(i) is None for i in range(start, start + nr)):
+            folio = k.alloc_folio(pmd_order)
+            if folio is not None:
+                folio.refcount -= 1  # the allocation reference is handed to the page cache
+                filemap_add_folio(k, file, folio, start)
+                return
+    ra = k.policy.read_ahead_pages
+    start = max(0, index - ra // 2)
+    for i in range(start, min(start + ra, end)):
+        if file.find_folio(i) is None:
+            folio = k.alloc_folio(0)
+            if folio is None:
+                return
+            folio.refcount -= 1
+            filemap_add_folio(k, file, folio, i)
+
+
+def shmem_huge_allowed(k: Kernel, file: BackingFile, vma: VMA | None, index: int) -> bool:
+    """shmem_allowable_huge_orders() for the PMD order (mm/shmem.c, 7.1.8), global
+    shmem_enabled=never (the default) so the mount's huge= option decides."""
+    if not k.config.enabled("TRANSPARENT_HUGEPAGE"):
+        return False
+    if vma is not None and vma.flags & VM.NOHUGEPAGE:
+        return False
+    nr = 1 << k.geometry.pmd_order
+    if file.huge == "always":
+        return True
+    if file.huge == "within_size":
+        aligned_end = (index & ~(nr - 1)) + nr
+        return aligned_end <= file.size_pages(k.page_shift)
+    if file.huge == "advise":
+        return vma is not None and bool(vma.flags & VM.HUGEPAGE)
+    return False
+
+
+def shmem_alloc_and_add_folio(
+    k: Kernel, file: BackingFile, vma: VMA | None, addr: int, index: int
+) -> Folio | None:
+    """shmem_alloc_and_add_folio() (mm/shmem.c, 7.1.8): a PMD-sized folio when allowed and
+    its aligned range fits the VMA and holds no cached page (THP_FILE_ALLOC, or
+    THP_FILE_FALLBACK when allocation fails), else one page; zeroed and added to the cache."""
+    pmd_order = k.geometry.pmd_order
+    nr = 1 << pmd_order
+    if shmem_huge_allowed(k, file, vma, index):
+        start = index & ~(nr - 1)
+        fits = vma is None or _huge_range_fits(k, vma, addr, pmd_order)
+        if fits and all(file.find_folio(i) is None for i in range(start, start + nr)):
+            folio = k.alloc_folio(pmd_order)
+            if folio is not None:
+                k.vmstat.count_event("thp_file_alloc")
+                folio.refcount -= 1
+                filemap_add_folio(k, file, folio, start)
+                return folio
+            k.vmstat.count_event("thp_file_fallback")
+    folio = k.alloc_folio(0)
+    if folio is None:
+        return None
+    folio.refcount -= 1
+    filemap_add_folio(k, file, folio, index)
+    return folio
+
+
+def _huge_range_fits(k: Kernel, vma: VMA, addr: int, order: int) -> bool:
+    from foliosim.kernel.huge_memory import thp_vma_suitable_order
+
+    return thp_vma_suitable_order(k, vma, addr, order)
+
+
+def filemap_map_pages(k: Kernel, vma: VMA, addr: int) -> None:
+    """do_fault_around() + filemap_map_pages() (mm/memory.c, mm/filemap.c, 7.1.8).
+
+    The window is fault_around_bytes aligned, clipped to the VMA and the PTE table. A
+    PMD-sized folio at an empty PMD is mapped by do_set_pmd(); otherwise every cached page in
+    the window with an empty PTE is mapped read-only (one reference per PTE, file rmap,
+    MM_FILEPAGES/MM_SHMEMPAGES).
+    """
+    from foliosim.kernel.huge_memory import do_set_pmd
+    from foliosim.kernel.memory import mm_counter_file, vma_page_prot_writable
+
+    k.enter("filemap_map_pages")
+    file = vma.file
+    assert file is not None
+    geo = k.geometry
+    nr_window = max(k.policy.fault_around_bytes >> k.page_shift, 1)
+    ptrs = geo.ptrs_per_pte
+    pte_off = (addr >> k.page_shift) & (ptrs - 1)
+    vma_off = (addr - vma.start) >> k.page_shift
+    vma_pages = (vma.end - vma.start) >> k.page_shift
+    from_pte = max(pte_off & ~(nr_window - 1), pte_off - min(pte_off, vma_off))
+    to_pte = min(from_pte + nr_window, ptrs, pte_off + vma_pages - vma_off)
+    base = addr - (pte_off << k.page_shift)
+    pmd_no = addr >> geo.pmd_shift
+    mm = vma.mm
+    eof = file.size_pages(k.page_shift)
+    table = mm.pgtables.pte_table(pmd_no)
+    if table is None or not table.present:
+        first_index = vma.linear_page_index(base + (from_pte << k.page_shift), k.page_shift)
+        folio = file.find_folio(first_index)
+        if folio is not None and folio.order == geo.pmd_order:
+            k.folio_get(folio)
+            if do_set_pmd(k, vma, addr, folio, write=False):
+                return
+            k.folio_put(folio)
+    table = mm.pgtables.pte_table(pmd_no, create=True)
+    assert table is not None
+    writable = vma_page_prot_writable(vma)
+    for slot in range(from_pte, to_pte):
+        if table.folios[slot] is not None or table.bits[slot]:
+            continue
+        page_addr = base + (slot << k.page_shift)
+        index = vma.linear_page_index(page_addr, k.page_shift)
+        if index >= eof:
+            break
+        folio = file.find_folio(index)
+        if folio is None:
+            continue
+        page = index - folio.index
+        k.folio_get(folio)
+        rmap.folio_add_file_rmap_ptes(k, folio, page, 1, vma)
+        mm.rss[mm_counter_file(folio)] += 1
+        bits = (PTE_WRITE if writable else 0) | (PTE_YOUNG if page_addr == addr else 0)
+        table.set(slot, folio, page, bits)
+
+
+def fill_file(k: Kernel, file: BackingFile) -> None:
+    """Write the whole file with write(2) (the scenario's `filled`): every page cached and
+    dirty. shmem allocates through shmem_alloc_and_add_folio (PMD-sized where huge= allows,
+    no VMA); the page-cache model caches order-0 folios, or PMD-sized ones with huge=always
+    (a large-folio filesystem after sequential writes)."""
+    nr = file.size_pages(k.page_shift)
+    pmd_nr = 1 << k.geometry.pmd_order
+    index = 0
+    while index < nr:
+        if file.find_folio(index) is not None:
+            index += 1
+            continue
+        if file.kind == "shmem":
+            folio = shmem_alloc_and_add_folio(k, file, None, 0, index)
+        else:
+            order = k.geometry.pmd_order if (
+                file.huge == "always" and index % pmd_nr == 0 and index + pmd_nr <= nr
+            ) else 0
+            folio = k.alloc_folio(order)
+            if folio is not None:
+                folio.refcount -= 1
+                filemap_add_folio(k, file, folio, index)
+        if folio is None:
+            return
+        folio.dirty = True
+        folio.written_array()[:] = True
+        index = folio.index + folio.nr_pages

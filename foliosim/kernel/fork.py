@@ -1,0 +1,207 @@
+"""fork(): dup_mmap (kernel/fork.c) and copy_page_range (mm/memory.c, mm/huge_memory.c), 7.1.8.
+
+Page tables are copied only where vma_needs_copy() says so: the child VMA has
+VM_COPY_ON_FORK (VM_PFNMAP | VM_MIXEDMAP | VM_UFFD_WP | VM_MAYBE_GUARD) or the parent VMA has
+an anon_vma. Shared file, shmem and DAX mappings are refaulted by the child instead.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from foliosim.kernel import rmap
+from foliosim.kernel.mm import MM, MM_ANONPAGES, VM, VMA, AnonVma
+from foliosim.kernel.pgtable import PTE_MARKER_GUARD, PTE_SPECIAL, PTE_WRITE, PTE_YOUNG, Leaf
+from foliosim.kernel.physmem import Folio
+
+if TYPE_CHECKING:
+    from foliosim.kernel.kernel import Kernel
+
+VM_COPY_ON_FORK = VM.PFNMAP | VM.MIXEDMAP | VM.MAYBE_GUARD
+
+
+def dup_mmap(k: Kernel, parent: MM, child: MM) -> None:
+    """dup_mmap() (kernel/fork.c, 7.1.8): copy every VMA except VM_DONTCOPY ones; anonymous
+    lineages get a child anon_vma (anon_vma_fork)."""
+    k.enter("dup_mmap")
+    anon_map: dict[int, AnonVma] = {}
+    for vma in parent.vmas:
+        if vma.flags & VM.DONTCOPY:
+            continue
+        anon = None
+        if vma.anon_vma is not None:
+            anon = anon_map.setdefault(vma.anon_vma.id, AnonVma())
+        new = VMA(child, vma.start, vma.end, vma.flags, vma.file, vma.pgoff, anon)
+        child.insert_vma(new)
+        if vma_needs_copy(new, vma):
+            copy_page_range(k, new, vma)
+    child.has_pinned = False
+
+
+def vma_needs_copy(dst: VMA, src: VMA) -> bool:
+    """vma_needs_copy() (mm/memory.c, 7.1.8)."""
+    return bool(dst.flags & VM_COPY_ON_FORK) or src.anon_vma is not None
+
+
+def copy_page_range(k: Kernel, dst: VMA, src: VMA) -> None:
+    """copy_page_range() (mm/memory.c, 7.1.8): PUD and PMD leaves, then PTE tables."""
+    geo = k.geometry
+    spt = src.mm.pgtables
+    lo_pud, hi_pud = src.start >> geo.pud_shift, (src.end - 1) >> geo.pud_shift
+    for pud_no in [n for n in spt.pud_leaves if lo_pud <= n <= hi_pud]:
+        copy_huge_pud(k, dst, src, pud_no)
+    lo, hi = src.start >> geo.pmd_shift, (src.end - 1) >> geo.pmd_shift
+    for pmd_no in [n for n in spt.pmd_leaves if lo <= n <= hi]:
+        if not copy_huge_pmd(k, dst, src, pmd_no):
+            # -EAGAIN: the source PMD was split; copy at PTE level below.
+            pass
+    for pmd_no in sorted(n for n in spt.pte_tables if lo <= n <= hi):
+        copy_pte_range(k, dst, src, pmd_no)
+
+
+def copy_huge_pmd(k: Kernel, dst: VMA, src: VMA, pmd_no: int) -> bool:
+    """copy_huge_pmd() (mm/huge_memory.c, 7.1.8).
+
+    Non-anonymous destination: nothing copied (refault), unless the PMD is special. Huge zero
+    PMD: the child takes its own huge-zero reference, a deposited table, both wrprotected.
+    Anon THP: +1 reference, entire/large mapcount +1, head AnonExclusive cleared, child
+    MM_ANONPAGES += HPAGE_PMD_NR, both wrprotected, the child's entry old. If the folio may be
+    DMA-pinned and is exclusive, the source PMD is split instead (-EAGAIN).
+    """
+    from foliosim.kernel.huge_memory import __split_huge_pmd, mm_get_huge_zero_folio
+
+    leaf = src.mm.pgtables.pmd_leaves[pmd_no]
+    folio = leaf.folio
+    if leaf.special and not folio.zero:
+        dst.mm.pgtables.pmd_leaves[pmd_no] = Leaf(folio, leaf.write, leaf.dirty, False, True)
+        return True
+    if not dst.is_anonymous:
+        return True
+    cow = src.is_cow_mapping
+    if folio.zero:
+        mm_get_huge_zero_folio(k, dst)
+        leaf.write = False
+        dst.mm.pgtables.pmd_leaves[pmd_no] = Leaf(folio, False, False, False, True, True)
+        return True
+    maybe_pinned = src.mm.has_pinned and folio.maybe_dma_pinned()
+    if k.variant.fork_skips_pmd_dup:
+        ok = True
+    else:
+        ok = rmap.folio_try_dup_anon_rmap_pmd(k, folio, maybe_pinned)
+    if not ok:
+        __split_huge_pmd(k, src, pmd_no << k.geometry.pmd_shift)
+        return False
+    k.folio_get(folio)
+    dst.mm.rss[MM_ANONPAGES] += k.config.pmd_nr
+    if cow:
+        leaf.write = False
+    dst.mm.pgtables.pmd_leaves[pmd_no] = Leaf(
+        folio, write=leaf.write, dirty=leaf.dirty, young=False, deposited=True
+    )
+    return True
+
+
+def copy_huge_pud(k: Kernel, dst: VMA, src: VMA, pud_no: int) -> None:
+    """copy_huge_pud() (mm/huge_memory.c, 7.1.8): copies the entry (wrprotected if COW) with
+    no reference, rmap or RSS: written for special pfnmap PUDs. A refcounted DAX PUD copied
+    this way (only possible when the VMA has VM_MAYBE_GUARD) is unaccounted in the child,
+    the latent gap noted in research section 3: the invariants report it, the kernel is
+    silent."""
+    leaf = src.mm.pgtables.pud_leaves[pud_no]
+    if src.is_cow_mapping:
+        leaf.write = False
+    dst.mm.pgtables.pud_leaves[pud_no] = Leaf(
+        leaf.folio, leaf.write, leaf.dirty, False, leaf.special
+    )
+
+
+def copy_pte_range(k: Kernel, dst: VMA, src: VMA, pmd_no: int) -> None:
+    """copy_pte_range() -> copy_present_ptes() (mm/memory.c, 7.1.8) for one PTE table.
+
+    Runs of one folio are duplicated together: +nr references, mapcounts +nr (anon:
+    AnonExclusive cleared), child RSS +nr; COW mappings lose the write bit in parent and
+    child; child entries are old. Guard markers are copied. An exclusive anon page that may
+    be DMA-pinned is copied into a new page for the child at once (copy_present_page).
+    """
+    geo = k.geometry
+    stable = src.mm.pgtables.pte_tables[pmd_no]
+    lo = pmd_no << geo.pmd_shift
+    first = max(src.start - lo, 0) >> k.page_shift
+    last = min(src.end - lo, geo.pmd_size) >> k.page_shift
+    dtable = dst.mm.pgtables.pte_table(pmd_no, create=True)
+    assert dtable is not None
+    cow = src.is_cow_mapping
+    markers = np.flatnonzero(stable.bits[first:last] & PTE_MARKER_GUARD) + first
+    dtable.bits[markers] = PTE_MARKER_GUARD
+    present = [s for s in range(first, last) if stable.folios[s] is not None]
+    i = 0
+    while i < len(present):
+        slot = present[i]
+        folio: Folio = stable.folios[slot]
+        page = int(stable.index[slot])
+        j = i + 1
+        while (
+            j < len(present)
+            and present[j] == slot + (j - i)
+            and stable.folios[present[j]] is folio
+            and int(stable.index[present[j]]) == page + (j - i)
+        ):
+            j += 1
+        nr = j - i
+        _copy_run(k, dst, src, stable, dtable, slot, folio, page, nr, cow)
+        i = j
+
+
+def _copy_run(
+    k: Kernel, dst: VMA, src: VMA, stable: object, dtable: object, slot: int,
+    folio: Folio, page: int, nr: int, cow: bool,
+) -> None:
+    from foliosim.kernel.memory import mm_counter
+    from foliosim.kernel.pgtable import PteTable
+
+    assert isinstance(stable, PteTable) and isinstance(dtable, PteTable)
+    bits = stable.bits[slot : slot + nr].copy()
+    if bits[0] & PTE_SPECIAL:
+        if cow:
+            stable.bits[slot : slot + nr] &= ~PTE_WRITE & 0xFF
+        dtable.set_run(slot, folio, page, nr, 0)
+        dtable.bits[slot : slot + nr] = (bits & ~(PTE_WRITE | PTE_YOUNG) & 0xFF) if cow else bits & ~PTE_YOUNG & 0xFF
+        dtable.index[slot : slot + nr] = stable.index[slot : slot + nr]
+        return
+    if folio.anon:
+        maybe_pinned = src.mm.has_pinned and folio.maybe_dma_pinned()
+        if not rmap.folio_try_dup_anon_rmap_ptes(k, folio, page, nr, maybe_pinned):
+            # copy_present_page(): copy each page for the child now, parent untouched.
+            for off in range(nr):
+                _copy_present_page(k, dst, dtable, slot + off, folio, page + off)
+            return
+    else:
+        rmap.folio_dup_file_rmap_ptes(k, folio, page, nr)
+    if not k.variant.fork_pte_skips_ref:
+        k.folio_get(folio, nr)
+    dst.mm.rss[mm_counter(folio)] += nr
+    if cow:
+        stable.bits[slot : slot + nr] &= ~PTE_WRITE & 0xFF
+        bits &= ~PTE_WRITE & 0xFF
+    dtable.set_run(slot, folio, page, nr, 0)
+    dtable.bits[slot : slot + nr] = bits & ~PTE_YOUNG & 0xFF
+
+
+def _copy_present_page(
+    k: Kernel, dst: VMA, dtable: object, slot: int, src_folio: Folio, page: int
+) -> None:
+    from foliosim.kernel.pgtable import PTE_DIRTY, PteTable
+
+    assert isinstance(dtable, PteTable)
+    new = k.alloc_folio(0)
+    if new is None:
+        return
+    if src_folio.page_written(page):
+        new.written_array()[0] = True
+    rmap.folio_add_new_anon_rmap(k, new, dst, exclusive=True)
+    new.lru = True
+    dst.mm.rss[MM_ANONPAGES] += 1
+    bits = PTE_DIRTY | (PTE_WRITE if dst.flags & VM.WRITE else 0)
+    dtable.set(slot, new, 0, bits)

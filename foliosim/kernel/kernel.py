@@ -1,0 +1,192 @@
+"""The modelled machine: configuration, physical memory, tasks, files, counters and reports.
+
+Pure model: no printing, no I/O. Tools (scenario runner, checker, renderers) read its state.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from foliosim.config import KernelConfig
+from foliosim.kernel.files import BackingFile
+from foliosim.kernel.mm import MM
+from foliosim.kernel.physmem import Folio, OutOfMemory, PhysMem
+from foliosim.kernel.reports import ReportLog, VmStat
+from foliosim.kernel.walk import Mapping, MappingRef, lookup, mappings_of
+from foliosim.variants import Variant
+
+if TYPE_CHECKING:
+    from foliosim.kernel.dax import DaxDevice
+
+
+@dataclass
+class Policy:
+    """Runtime knobs of /sys/kernel/mm/transparent_hugepage (defaults of 7.1.8)."""
+
+    enabled: str = "madvise"  # PMD size: always | madvise | never
+    mthp: dict[int, str] = field(default_factory=dict)  # order -> always|madvise|inherit|never
+    use_zero_page: bool = True
+    split_underused_thp: bool = True
+    max_ptes_none: int = 511  # khugepaged/max_ptes_none (HPAGE_PMD_NR - 1)
+    fault_around_bytes: int = 65536
+    read_ahead_pages: int = 32  # read_ahead_kb=128
+
+
+@dataclass(eq=False)
+class Task:
+    name: str
+    pid: int
+    mm: MM
+    errno: str | None = None
+    signal: str | None = None
+    exited: bool = False
+
+
+class Kernel:
+    """Everything the model knows about one machine."""
+
+    def __init__(self, config: KernelConfig, variant: Variant) -> None:
+        self.config = config
+        self.variant = variant
+        geo = config.geometry
+        self.geometry = geo
+        self.page_shift = geo.page_shift
+        self.page_size = geo.page_size
+        self.policy = Policy(enabled=config.thp, mthp=dict(config.mthp))
+        if not config.enabled("TRANSPARENT_HUGEPAGE"):
+            self.policy.enabled = "never"
+        self.physmem = PhysMem(config.memory_bytes >> geo.page_shift, geo.pmd_order)
+        self.vmstat = VmStat()
+        self.reports = ReportLog(debug_vm=config.enabled("DEBUG_VM"))
+        self.tasks: dict[str, Task] = {}
+        self.files: dict[str, BackingFile] = {}
+        self.devices: dict[str, DaxDevice] = {}
+        self._pids = itertools.count(1000)
+        self.trace_log: list[str] | None = None
+        # Folios whose counters changed in the current statement (for incremental checks).
+        self.touched: set[Folio] = set()
+        self.global_errno: str | None = None
+        self.ownership = Ownership(self)
+        self._device_pfn = _round_up(self.physmem.ram_pages, 1 << geo.pud_order)
+        self.dax_waiters: list[object] = []
+
+    # ---- tracing ---------------------------------------------------------------------------
+    def enter(self, function: str) -> None:
+        """Record that the model entered the kernel function of that name (--trace)."""
+        if self.trace_log is not None:
+            self.trace_log.append(function)
+
+    # ---- tasks -----------------------------------------------------------------------------
+    def mmap_base(self) -> int:
+        """mmap_base() of arch/x86/mm/mmap.c without randomisation: TASK_SIZE minus a gap of
+        the stack rlimit (8 MiB) plus the stack guard gap, clamped to at least 128 MiB."""
+        gap = max(8 << 20, 128 << 20)
+        return (self.geometry.task_size - gap) & ~(self.page_size - 1)
+
+    def new_mm(self) -> MM:
+        return MM(self.geometry.ptrs_per_pte, self.mmap_base())
+
+    def new_task(self, name: str, mm: MM | None = None) -> Task:
+        task = Task(name=name, pid=next(self._pids), mm=mm or self.new_mm())
+        self.tasks[name] = task
+        return task
+
+    # ---- folio lifetime --------------------------------------------------------------------
+    def alloc_folio(self, order: int) -> Folio | None:
+        """folio_alloc()/vma_alloc_folio(): None when memory is exhausted."""
+        try:
+            folio = self.physmem.alloc_folio(order)
+        except OutOfMemory:
+            return None
+        self.touched.add(folio)
+        return folio
+
+    def folio_get(self, folio: Folio, n: int = 1) -> None:
+        self.touched.add(folio)
+        folio.refcount += n
+
+    def folio_put(self, folio: Folio, n: int = 1) -> None:
+        """folio_put()/folio_put_refs() (include/linux/mm.h, 7.1.8): at zero the folio is
+        freed; ZONE_DEVICE folios go to free_zone_device_folio() instead."""
+        self.touched.add(folio)
+        if folio.zero:
+            return
+        if folio.refcount < n:
+            self.reports.vm_bug("folio_put", f"refcount underflow of {folio!r}")
+            folio.refcount = 0
+        else:
+            folio.refcount -= n
+        if folio.refcount == 0:
+            if folio.pgmap is not None:
+                folio.pgmap.free_zone_device_folio(self, folio)
+            else:
+                self._free_folio(folio)
+
+    def _free_folio(self, folio: Folio) -> None:
+        """__folio_put(): checks of free_pages_prepare (bad page state) then free."""
+        if folio.folio_mapped():
+            self.reports.add("BUG", "free_pages_prepare", f"Bad page state: {folio!r} still mapped")
+        if folio.anon:
+            # The mTHP counter MTHP_STAT_NR_ANON is maintained at free; no vmstat item here.
+            folio.anon = False
+        self.physmem.free_folio(folio)
+
+    def add_file(self, file: BackingFile) -> None:
+        self.files[file.name] = file
+
+    # ---- ZONE_DEVICE ---------------------------------------------------------------------
+    def next_device_pfn(self, nr_pages: int) -> int:
+        """Place a device's PFN range after RAM and earlier devices, PUD-aligned."""
+        start = self._device_pfn
+        self._device_pfn = _round_up(start + nr_pages, 1 << self.geometry.pud_order)
+        return start
+
+    def dax_wakeup(self, folio: Folio) -> None:
+        """wake_up_var() from free_zone_device_folio(): let waiting layout breaks finish."""
+        for waiter in list(self.dax_waiters):
+            waiter.wake(self, folio)  # type: ignore[attr-defined]
+
+    # ---- rmap walk -------------------------------------------------------------------------
+    def live_mms(self) -> list[MM]:
+        seen: dict[int, MM] = {}
+        for task in self.tasks.values():
+            if not task.exited:
+                seen.setdefault(task.mm.id, task.mm)
+        return list(seen.values())
+
+    def rmap_walk(self, folio: Folio) -> list[MappingRef]:
+        """Every page-table entry mapping the folio (see walk.mappings_of)."""
+        geo = self.geometry
+        return mappings_of(self.live_mms(), folio, geo.pmd_shift, geo.pud_shift, geo.page_shift)
+
+    def lookup(self, mm: MM, addr: int) -> Mapping | None:
+        geo = self.geometry
+        return lookup(mm, addr, geo.page_shift, geo.pmd_shift, geo.pud_shift)
+
+
+def _round_up(n: int, align: int) -> int:
+    return (n + align - 1) // align * align
+
+
+class Ownership:
+    """Reference-ownership checks of the model's kernel paths (see docs/ownership.md).
+
+    Strict ownership: once a path has put its reference it may not touch the folio again,
+    whatever other references keep it alive. Reports are KASAN-style.
+    """
+
+    def __init__(self, k: Kernel) -> None:
+        self.k = k
+        self.enabled = True
+
+    def read_after_put(self, folio: Folio, site: str, what: str) -> None:
+        if not self.enabled:
+            return
+        self.k.reports.add(
+            "BUG",
+            site,
+            f"KASAN: use-after-put in {site}: {what} read after folio_put() "
+            f"(pfn {folio.pfn:#x}, refcount now {folio.refcount})",
+        )

@@ -1,0 +1,224 @@
+"""madvise (mm/madvise.c, mm/khugepaged.c, Linux 7.1.8).
+
+Common rules (madvise_walk_vmas): EINVAL for an unknown advice or unaligned start; length 0
+does nothing; holes make the call return ENOMEM after acting on every mapped part; the first
+per-VMA error stops the walk.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from foliosim.kernel import huge_memory
+from foliosim.kernel.huge_memory_split import split_folio
+from foliosim.kernel.mm import VM, AnonVma
+from foliosim.kernel.mmap import SyscallError, page_align, split_vma_at
+from foliosim.kernel.pgtable import PTE_MARKER_GUARD
+from foliosim.kernel.zap import unmap_page_range
+
+if TYPE_CHECKING:
+    from foliosim.kernel.kernel import Kernel, Task
+    from foliosim.kernel.mm import VMA
+
+ADVICES = (
+    "DONTNEED",
+    "HUGEPAGE",
+    "NOHUGEPAGE",
+    "COLLAPSE",
+    "PAGEOUT",
+    "FREE",
+    "GUARD_INSTALL",
+    "GUARD_REMOVE",
+    "COLD",
+    "WILLNEED",
+    "NORMAL",
+)
+
+
+def do_madvise(k: Kernel, task: Task, start: int, length: int, advice: str) -> None:
+    """do_madvise() -> madvise_walk_vmas() (mm/madvise.c, 7.1.8)."""
+    k.enter("do_madvise")
+    if advice not in ADVICES:
+        raise SyscallError("EINVAL", f"unknown advice {advice}")
+    thp_only = ("HUGEPAGE", "NOHUGEPAGE", "COLLAPSE")
+    if advice in thp_only and not k.config.enabled("TRANSPARENT_HUGEPAGE"):
+        raise SyscallError("EINVAL", "MADV_* needs CONFIG_TRANSPARENT_HUGEPAGE")
+    if start & (k.page_size - 1):
+        raise SyscallError("EINVAL", "start not page aligned")
+    if length == 0:
+        return
+    end = start + page_align(k, length)
+    mm = task.mm
+    unmapped = False
+    cursor = start
+    vmas = mm.vmas_in(start, end)
+    if not vmas:
+        raise SyscallError("ENOMEM", "no VMA in range")
+    if advice == "COLLAPSE":
+        return madvise_collapse(k, task, start, end)
+    for vma in vmas:
+        if vma.start > cursor:
+            unmapped = True
+        lo, hi = max(start, vma.start), min(end, vma.end)
+        madvise_vma_behavior(k, vma, lo, hi, advice)
+        cursor = hi
+    if cursor < end or unmapped:
+        raise SyscallError("ENOMEM", "range has unmapped parts")
+
+
+def madvise_vma_behavior(k: Kernel, vma: VMA, start: int, end: int, advice: str) -> None:
+    """madvise_vma_behavior() (mm/madvise.c, 7.1.8) for one VMA's part of the range."""
+    if advice == "DONTNEED":
+        if vma.flags & (VM.LOCKED | VM.PFNMAP):
+            raise SyscallError("EINVAL", "MADV_DONTNEED on a locked or pfnmap VMA")
+        k.enter("madvise_dontneed_single_vma")
+        unmap_page_range(k, vma, start, end)
+    elif advice == "FREE":
+        if not vma.is_anonymous:
+            raise SyscallError("EINVAL", "MADV_FREE on a non-anonymous VMA")
+        madvise_free(k, vma, start, end)
+    elif advice in ("HUGEPAGE", "NOHUGEPAGE"):
+        add = VM.HUGEPAGE if advice == "HUGEPAGE" else VM.NOHUGEPAGE
+        remove = VM.NOHUGEPAGE if advice == "HUGEPAGE" else VM.HUGEPAGE
+        new_flags = (vma.flags | add) & ~remove
+        _update_vma_flags(k, vma, start, end, new_flags)
+    elif advice in ("PAGEOUT", "COLD"):
+        if vma.flags & (VM.LOCKED | VM.PFNMAP):
+            raise SyscallError("EINVAL", "MADV_PAGEOUT on a locked or pfnmap VMA")
+        if advice == "PAGEOUT":
+            madvise_pageout(k, vma, start, end)
+    elif advice == "GUARD_INSTALL":
+        if vma.flags & (VM.PFNMAP | VM.MIXEDMAP | VM.LOCKED | VM.DONTEXPAND):
+            raise SyscallError("EINVAL", "guard regions need a normal VMA")
+        madvise_guard_install(k, vma, start, end)
+    elif advice == "GUARD_REMOVE":
+        if vma.flags & (VM.PFNMAP | VM.MIXEDMAP | VM.DONTEXPAND):
+            raise SyscallError("EINVAL", "guard regions need a normal VMA")
+        madvise_guard_remove(k, vma, start, end)
+
+
+def _update_vma_flags(k: Kernel, vma: VMA, start: int, end: int, new_flags: VM) -> None:
+    """madvise_update_vma() -> vma_modify_flags(): split to the range, set, merge. may_split
+    refusals stay EINVAL; ENOMEM from a split would be reported as EAGAIN."""
+    if new_flags == vma.flags:
+        return
+    if start > vma.start:
+        vma = split_vma_at(k, vma, start)
+    if end < vma.end:
+        split_vma_at(k, vma, end)
+    vma.flags = new_flags
+    vma.mm.try_merge(vma, k.page_shift)
+
+
+def _large_anon_folios(k: Kernel, vma: VMA, start: int, end: int) -> list[tuple[object, bool]]:
+    """The large anon folios mapped in [start, end) and whether the range covers them whole."""
+    seen: dict[int, tuple[object, bool]] = {}
+    addr = start
+    while addr < end:
+        m = k.lookup(vma.mm, addr)
+        if m is not None and m.folio.anon and m.folio.large and not m.special:
+            folio = m.folio
+            first = addr - (m.page << k.page_shift)
+            whole = first >= start and first + (folio.nr_pages << k.page_shift) <= end
+            seen.setdefault(folio.pfn, (folio, whole))
+            if m.level != "pte":
+                addr = first + (folio.nr_pages << k.page_shift)
+                continue
+        addr += k.page_size
+    return list(seen.values())
+
+
+def madvise_free(k: Kernel, vma: VMA, start: int, end: int) -> None:
+    """madvise_free_single_vma() (mm/madvise.c, mm/huge_memory.c madvise_free_huge_pmd, 7.1.8):
+    a large folio only partly covered (and mapped by this mm alone) is split; covered folios
+    become clean lazy-free folios. Nothing is freed until reclaim, so RSS is unchanged."""
+    from foliosim.kernel.physmem import Folio
+
+    for folio, whole in _large_anon_folios(k, vma, start, end):
+        assert isinstance(folio, Folio)
+        if not whole and all(m.mm is vma.mm for m in k.rmap_walk(folio)):
+            split_folio(k, folio)
+        elif whole:
+            folio.dirty = False
+
+
+def madvise_pageout(k: Kernel, vma: VMA, start: int, end: int) -> None:
+    """madvise_pageout() -> reclaim_pages() -> shrink_folio_list() (mm/vmscan.c, 7.1.8) with
+    no swap: anonymous large folios cannot get swap space and are split
+    (split_folio_to_list) and kept; small anon folios stay mapped. Page-cache pages mapped
+    only by this mm are unmapped and, if clean, dropped from the cache."""
+    from foliosim.kernel.physmem import Folio
+
+    if vma.is_anonymous and k.config.swap_bytes == 0:
+        for folio, _whole in _large_anon_folios(k, vma, start, end):
+            assert isinstance(folio, Folio)
+            if all(m.mm is vma.mm for m in k.rmap_walk(folio)):
+                split_folio(k, folio)
+
+
+def madvise_guard_install(k: Kernel, vma: VMA, start: int, end: int) -> None:
+    """madvise_guard_install() (mm/madvise.c, 7.1.8): set VM_MAYBE_GUARD, zap whatever is
+    mapped in the range (RSS drops as for DONTNEED), then a PTE_MARKER_GUARD in every PTE."""
+    k.enter("madvise_guard_install")
+    vma.flags |= VM.MAYBE_GUARD
+    if vma.is_anonymous and vma.anon_vma is None:
+        vma.anon_vma = AnonVma()
+    unmap_page_range(k, vma, start, end)
+    geo = k.geometry
+    addr = start
+    while addr < end:
+        table = vma.mm.pgtables.pte_table(addr >> geo.pmd_shift, create=True)
+        assert table is not None
+        table.bits[(addr >> k.page_shift) & (geo.ptrs_per_pte - 1)] = PTE_MARKER_GUARD
+        addr += k.page_size
+
+
+def madvise_guard_remove(k: Kernel, vma: VMA, start: int, end: int) -> None:
+    """madvise_guard_remove(): clear guard markers only; nothing is refaulted."""
+    geo = k.geometry
+    addr = start
+    while addr < end:
+        table = vma.mm.pgtables.pte_table(addr >> geo.pmd_shift)
+        if table is not None:
+            slot = (addr >> k.page_shift) & (geo.ptrs_per_pte - 1)
+            if table.bits[slot] & PTE_MARKER_GUARD:
+                table.bits[slot] = 0
+        addr += k.page_size
+
+
+def madvise_collapse(k: Kernel, task: Task, start: int, end: int) -> None:
+    """madvise_collapse() (mm/khugepaged.c, 7.1.8) for anonymous memory.
+
+    Each whole PMD-aligned chunk in the range is collapsed into a new PMD THP
+    (THP_COLLAPSE_ALLOC): present small pages are copied, empty and zero-page PTEs become
+    zero-filled pages (max_ptes_none is not applied), old folios lose their mapping and
+    reference; MM_ANONPAGES grows by the pages that were not mapped before. EINVAL when the
+    VMA cannot have a PMD THP (VM_NOHUGEPAGE, no anon_vma, DAX) or a chunk has no page
+    table; EAGAIN when an old folio holds extra references (a pin).
+    """
+    from foliosim.kernel.khugepaged import collapse_anon_pmd
+
+    k.enter("madvise_collapse")
+    geo = k.geometry
+    hstart = (start + geo.pmd_size - 1) & ~(geo.pmd_size - 1)
+    hend = end & ~(geo.pmd_size - 1)
+    vma = task.mm.find_vma(start)
+    if vma is None:
+        raise SyscallError("ENOMEM", "no VMA")
+    if vma.flags & VM.NOHUGEPAGE or vma.is_dax or (vma.is_anonymous and vma.anon_vma is None):
+        raise SyscallError("EINVAL", "VMA not eligible for collapse")
+    if not vma.is_anonymous:
+        raise SyscallError("EINVAL", "file collapse is not modelled")
+    if hstart >= hend:
+        raise SyscallError("EINVAL", "range holds no aligned PMD")
+    last_error: str | None = None
+    for addr in range(hstart, hend, geo.pmd_size):
+        vma = task.mm.find_vma(addr)
+        if vma is None or not huge_memory.thp_vma_suitable_order(k, vma, addr, geo.pmd_order):
+            last_error = "EINVAL"
+            continue
+        error = collapse_anon_pmd(k, vma, addr)
+        if error:
+            last_error = error
+    if last_error:
+        raise SyscallError(last_error, "collapse failed")

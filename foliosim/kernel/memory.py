@@ -1,0 +1,347 @@
+"""Page faults at PTE level and the fault dispatcher (mm/memory.c, Linux 7.1.8).
+
+handle_mm_fault() walks PUD -> PMD -> PTE as __handle_mm_fault() does, giving huge_fault
+handlers (DAX), anonymous THP and file PMD mapping their chance before the PTE level.
+Left out: userfaultfd, NUMA hinting, swap-in, KSM, mlock, memcg charging failures.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from foliosim.kernel import huge_memory, rmap
+from foliosim.kernel.filemap import filemap_fault, filemap_map_pages
+from foliosim.kernel.mm import MM_ANONPAGES, VM
+from foliosim.kernel.pgtable import PTE_DIRTY, PTE_SPECIAL, PTE_WRITE, PTE_YOUNG
+from foliosim.kernel.physmem import Folio
+from foliosim.kernel.walk import has_guard_marker
+
+if TYPE_CHECKING:
+    from foliosim.kernel.kernel import Kernel, Task
+    from foliosim.kernel.mm import VMA
+
+SIGSEGV = "SIGSEGV"
+SIGBUS = "SIGBUS"
+
+
+def mm_counter_file(folio: Folio) -> int:
+    """mm_counter_file() (include/linux/mm.h): MM_SHMEMPAGES if swapbacked else MM_FILEPAGES."""
+    return 3 if folio.swapbacked else 0
+
+
+def mm_counter(folio: Folio) -> int:
+    """mm_counter(): MM_ANONPAGES for anon folios, else mm_counter_file()."""
+    return MM_ANONPAGES if folio.anon else mm_counter_file(folio)
+
+
+def vma_page_prot_writable(vma: VMA) -> bool:
+    """Whether vm_page_prot itself is writable: a shared writable mapping that does not want
+    write notification (vma_wants_writenotify() false: shmem, device-dax)."""
+    if not (vma.flags & VM.SHARED and vma.flags & VM.WRITE):
+        return False
+    return vma.file is not None and not vma.file.page_mkwrite
+
+
+def handle_mm_fault(k: Kernel, task: Task, vma: VMA, addr: int, write: bool) -> str | None:
+    """handle_mm_fault() -> __handle_mm_fault() (mm/memory.c, 7.1.8).
+
+    Returns None when the access can proceed, or the signal the task gets.
+    """
+    k.enter("handle_mm_fault")
+    k.vmstat.count_event("pgfault")
+    mm = task.mm
+    geo = k.geometry
+    if vma.file is not None:
+        index = vma.linear_page_index(addr, k.page_shift)
+        if vma.file.kind != "devdax" and index >= vma.file.size_pages(k.page_shift):
+            return SIGBUS
+    pud_no = addr >> geo.pud_shift
+    leaf = mm.pgtables.pud_leaves.get(pud_no)
+    if leaf is not None:
+        if write and not leaf.write:
+            result = huge_memory.wp_huge_pud(k, vma, addr)
+            if result != "fallback":
+                return result
+        else:
+            huge_memory.huge_pud_set_accessed(leaf, write)
+            return None
+    elif vma.is_dax and vma.file is not None:
+        result = vma.file.huge_fault(k, vma, addr, write, geo.pud_order)  # type: ignore[attr-defined]
+        if result != "fallback":
+            return result  # type: ignore[no-any-return]
+    pmd_no = addr >> geo.pmd_shift
+    leaf = mm.pgtables.pmd_leaves.get(pmd_no)
+    if leaf is not None:
+        if write and not leaf.write:
+            result = huge_memory.wp_huge_pmd(k, vma, addr)
+            if result != "fallback":
+                return result
+        else:
+            huge_memory.huge_pmd_set_accessed(leaf, write)
+            return None
+    elif pmd_no not in mm.pgtables.pte_tables or not mm.pgtables.pte_tables[pmd_no].present:
+        result = huge_memory.create_huge_pmd(k, vma, addr, write)
+        if result != "fallback":
+            return result
+    return handle_pte_fault(k, vma, addr, write)
+
+
+def handle_pte_fault(k: Kernel, vma: VMA, addr: int, write: bool) -> str | None:
+    """handle_pte_fault() (mm/memory.c, 7.1.8)."""
+    mm = vma.mm
+    if has_guard_marker(mm, addr, k.page_shift, k.geometry.pmd_shift):
+        return SIGSEGV  # a PTE_MARKER_GUARD faults with VM_FAULT_SIGSEGV
+    table = mm.pgtables.pte_table(addr >> k.geometry.pmd_shift, create=True)
+    assert table is not None
+    slot = (addr >> k.page_shift) & (k.geometry.ptrs_per_pte - 1)
+    if table.folios[slot] is None:
+        if vma.is_dax and vma.file is not None:
+            return vma.file.huge_fault(k, vma, addr, write, 0)  # type: ignore[attr-defined,no-any-return]
+        if vma.is_anonymous:
+            return do_anonymous_page(k, vma, addr, write)
+        return do_fault(k, vma, addr, write)
+    if write and not table.bits[slot] & PTE_WRITE:
+        return do_wp_page(k, vma, addr)
+    table.bits[slot] |= PTE_YOUNG | (PTE_DIRTY if write else 0)
+    return None
+
+
+# ---- anonymous memory -------------------------------------------------------------------
+def anon_vma_prepare(vma: VMA) -> None:
+    """anon_vma_prepare(): give the VMA an anon_vma on its first anonymous folio."""
+    if vma.anon_vma is None:
+        from foliosim.kernel.mm import AnonVma
+
+        vma.anon_vma = AnonVma()
+
+
+def do_anonymous_page(k: Kernel, vma: VMA, addr: int, write: bool) -> str | None:
+    """do_anonymous_page() (mm/memory.c, 7.1.8).
+
+    A read maps the shared zero page (special PTE: no reference, mapcount or RSS). A write
+    allocates through alloc_anon_folio(): the largest enabled mTHP order whose naturally
+    aligned range fits the VMA and has only empty PTEs, else order 0. The new folio gets one
+    reference per PTE, an exclusive anon rmap and MM_ANONPAGES += nr.
+    """
+    k.enter("do_anonymous_page")
+    mm = vma.mm
+    table = mm.pgtables.pte_table(addr >> k.geometry.pmd_shift, create=True)
+    assert table is not None
+    mask = k.geometry.ptrs_per_pte - 1
+    if not write:
+        slot = (addr >> k.page_shift) & mask
+        table.set(slot, k.physmem.zero_folio, 0, PTE_SPECIAL | PTE_YOUNG)
+        return None
+    anon_vma_prepare(vma)
+    folio, start = alloc_anon_folio(k, vma, addr)
+    if folio is None:
+        return SIGBUS  # VM_FAULT_OOM: the OOM killer would act; report as a fatal signal
+    nr = folio.nr_pages
+    k.folio_get(folio, nr - 1)
+    mm.rss[MM_ANONPAGES] += nr
+    rmap.folio_add_new_anon_rmap(k, folio, vma, exclusive=True)
+    folio.index = vma.linear_page_index(start, k.page_shift)
+    folio.lru = True
+    bits = PTE_YOUNG | PTE_DIRTY | (PTE_WRITE if vma.flags & VM.WRITE else 0)
+    table.set_run((start >> k.page_shift) & mask, folio, 0, nr, bits)
+    if folio.large:
+        rmap.deferred_split_folio(k, folio, False)
+    return None
+
+
+def alloc_anon_folio(k: Kernel, vma: VMA, addr: int) -> tuple[Folio | None, int]:
+    """alloc_anon_folio() (mm/memory.c, 7.1.8): try enabled orders below PMD, highest first.
+
+    Each order needs thp_vma_suitable_order() and an all-none PTE range (pte_range_none; a
+    zero-page PTE is not none). A successful large allocation counts the mTHP fault stat.
+    """
+    orders = huge_memory.thp_vma_allowable_orders(k, vma, below_pmd=True)
+    table = vma.mm.pgtables.pte_table(addr >> k.geometry.pmd_shift)
+    mask = k.geometry.ptrs_per_pte - 1
+    for order in sorted(orders, reverse=True):
+        size = k.page_size << order
+        start = addr & ~(size - 1)
+        if not huge_memory.thp_vma_suitable_order(k, vma, addr, order):
+            continue
+        first = (start >> k.page_shift) & mask
+        if table is not None and any(f is not None for f in table.folios[first : first + (1 << order)]):
+            continue
+        folio = k.alloc_folio(order)
+        if folio is not None:
+            return folio, start
+    return k.alloc_folio(0), addr & ~(k.page_size - 1)
+
+
+# ---- file-backed memory -----------------------------------------------------------------
+def do_fault(k: Kernel, vma: VMA, addr: int, write: bool) -> str | None:
+    """do_fault() (mm/memory.c, 7.1.8): read -> do_read_fault, private write ->
+    do_cow_fault, shared write -> do_shared_fault."""
+    if not write:
+        return do_read_fault(k, vma, addr)
+    if not vma.flags & VM.SHARED:
+        return do_cow_fault(k, vma, addr)
+    return do_shared_fault(k, vma, addr)
+
+
+def should_fault_around(k: Kernel, vma: VMA) -> bool:
+    """should_fault_around(): map_pages exists (page cache, shmem) and the window is > 1 page."""
+    return vma.kind in ("pagecache", "shmem") and k.policy.fault_around_bytes > k.page_size
+
+
+def do_read_fault(k: Kernel, vma: VMA, addr: int) -> str | None:
+    """do_read_fault() (mm/memory.c, 7.1.8): fault-around maps what is already cached in the
+    aligned fault_around_bytes window; if that did not map addr, ->fault reads the page (with
+    read-around into the cache) and finish_fault() maps it."""
+    k.enter("do_read_fault")
+    if should_fault_around(k, vma):
+        filemap_map_pages(k, vma, addr)
+        if _mapped(k, vma, addr):
+            return None
+    result = filemap_fault(k, vma, addr, write=False)
+    if isinstance(result, str):
+        return result
+    folio, page = result
+    return finish_fault(k, vma, addr, folio, page, write=False)
+
+
+def do_shared_fault(k: Kernel, vma: VMA, addr: int) -> str | None:
+    """do_shared_fault(): ->fault, ->page_mkwrite (marks dirty), finish_fault writable."""
+    k.enter("do_shared_fault")
+    result = filemap_fault(k, vma, addr, write=True)
+    if isinstance(result, str):
+        return result
+    folio, page = result
+    folio.dirty = True
+    return finish_fault(k, vma, addr, folio, page, write=True)
+
+
+def do_cow_fault(k: Kernel, vma: VMA, addr: int) -> str | None:
+    """do_cow_fault(): read the file page, copy it into a new anon page mapped writable;
+    the page cache folio is not mapped (its fault reference is dropped)."""
+    k.enter("do_cow_fault")
+    anon_vma_prepare(vma)
+    result = filemap_fault(k, vma, addr, write=False)
+    if isinstance(result, str):
+        return result
+    src, src_page = result
+    new = k.alloc_folio(0)
+    if new is None:
+        k.folio_put(src)
+        return SIGBUS
+    if src.page_written(src_page):
+        new.written_array()[0] = True
+    _map_new_anon_page(k, vma, addr, new)
+    k.folio_put(src)  # the reference ->fault returned
+    return None
+
+
+def finish_fault(
+    k: Kernel, vma: VMA, addr: int, folio: Folio, page: int, write: bool
+) -> str | None:
+    """finish_fault() (mm/memory.c, 7.1.8): a PMD-sized folio on an empty PMD goes to
+    do_set_pmd(); otherwise one PTE (7.1.8 maps the whole folio range for shmem large folios
+    that fit the VMA and PTE table; the model maps just the page). The reference ->fault
+    took becomes the mapping's."""
+    pmd_no = addr >> k.geometry.pmd_shift
+    table = vma.mm.pgtables.pte_table(pmd_no)
+    if folio.order == k.geometry.pmd_order and (table is None or not table.present):
+        if huge_memory.do_set_pmd(k, vma, addr, folio, write):
+            return None
+    table = vma.mm.pgtables.pte_table(pmd_no, create=True)
+    assert table is not None
+    slot = (addr >> k.page_shift) & (k.geometry.ptrs_per_pte - 1)
+    if table.folios[slot] is not None:
+        k.folio_put(folio)  # raced: someone mapped it (fault-around) — drop our reference
+        return None
+    writable = write or vma_page_prot_writable(vma)
+    bits = PTE_YOUNG | (PTE_WRITE | PTE_DIRTY if write else 0) | (PTE_WRITE if writable else 0)
+    rmap.folio_add_file_rmap_ptes(k, folio, page, 1, vma)
+    vma.mm.rss[mm_counter_file(folio)] += 1
+    table.set(slot, folio, page, bits)
+    return None
+
+
+def _mapped(k: Kernel, vma: VMA, addr: int) -> bool:
+    table = vma.mm.pgtables.pte_table(addr >> k.geometry.pmd_shift)
+    if table is None:
+        return (addr >> k.geometry.pmd_shift) in vma.mm.pgtables.pmd_leaves
+    return table.folios[(addr >> k.page_shift) & (k.geometry.ptrs_per_pte - 1)] is not None
+
+
+def _map_new_anon_page(k: Kernel, vma: VMA, addr: int, new: Folio) -> None:
+    """The mapping half of wp_page_copy()/do_cow_fault(): exclusive anon rmap, RSS, PTE."""
+    rmap.folio_add_new_anon_rmap(k, new, vma, exclusive=True)
+    new.index = vma.linear_page_index(addr, k.page_shift)
+    new.lru = True
+    vma.mm.rss[MM_ANONPAGES] += 1
+    table = vma.mm.pgtables.pte_table(addr >> k.geometry.pmd_shift, create=True)
+    assert table is not None
+    slot = (addr >> k.page_shift) & (k.geometry.ptrs_per_pte - 1)
+    table.set(slot, new, 0, PTE_WRITE | PTE_DIRTY | PTE_YOUNG)
+
+
+# ---- write-protect faults ---------------------------------------------------------------
+def do_wp_page(k: Kernel, vma: VMA, addr: int) -> str | None:
+    """do_wp_page() (mm/memory.c, 7.1.8).
+
+    Shared mappings: page_mkwrite then make the PTE writable (wp_page_shared). Private:
+    reuse an exclusive anon page (or one wp_can_reuse_anon_folio() allows), else copy it
+    (wp_page_copy). The zero page and file pages are always copied.
+    """
+    k.enter("do_wp_page")
+    table = vma.mm.pgtables.pte_table(addr >> k.geometry.pmd_shift)
+    assert table is not None
+    slot = (addr >> k.page_shift) & (k.geometry.ptrs_per_pte - 1)
+    folio: Folio = table.folios[slot]
+    page = int(table.index[slot])
+    if vma.flags & VM.SHARED:
+        if not table.bits[slot] & PTE_SPECIAL:
+            folio.dirty = True
+        table.bits[slot] |= PTE_WRITE | PTE_DIRTY | PTE_YOUNG
+        return None
+    if folio.anon and not table.bits[slot] & PTE_SPECIAL:
+        if folio.page_exclusive(page) or wp_can_reuse_anon_folio(k, folio, vma):
+            folio.exclusive_array()[page] = True
+            table.bits[slot] |= PTE_WRITE | PTE_DIRTY | PTE_YOUNG
+            return None
+    return wp_page_copy(k, vma, addr, folio, page)
+
+
+def wp_can_reuse_anon_folio(k: Kernel, folio: Folio, vma: VMA) -> bool:
+    """wp_can_reuse_anon_folio() (mm/memory.c, 7.1.8).
+
+    Small folio: reusable when our mapping holds the only reference. Large folio (with
+    CONFIG_MM_ID): reusable when every reference is a mapping and all of them belong to this
+    mm; the model checks "all mappings are ours" from the page tables.
+    """
+    if not folio.large:
+        return folio.refcount == 1
+    if folio.refcount != folio.large_mapcount:
+        return False
+    return all(m.mm is vma.mm for m in k.rmap_walk(folio))
+
+
+def wp_page_copy(k: Kernel, vma: VMA, addr: int, old: Folio, page: int) -> str | None:
+    """wp_page_copy() (mm/memory.c, 7.1.8): allocate (zeroed for the zero page), copy, map
+    the new page exclusive and writable, move RSS from file to anon if the old page was a
+    file page, remove the old page's rmap and drop the PTE's reference to it."""
+    k.enter("wp_page_copy")
+    anon_vma_prepare(vma)
+    new = k.alloc_folio(0)
+    if new is None:
+        return SIGBUS
+    table = vma.mm.pgtables.pte_table(addr >> k.geometry.pmd_shift)
+    assert table is not None
+    slot = (addr >> k.page_shift) & (k.geometry.ptrs_per_pte - 1)
+    special = bool(table.bits[slot] & PTE_SPECIAL)
+    if not special:
+        vma.mm.rss[mm_counter(old)] -= 1
+        if not k.variant.cow_forgets_old_rmap:
+            rmap.folio_remove_rmap_ptes(k, old, page, 1, vma)
+    if old.page_written(page):
+        new.written_array()[0] = True
+    table.clear(slot)
+    _map_new_anon_page(k, vma, addr, new)
+    if not special:
+        k.folio_put(old)
+    return None

@@ -1,0 +1,214 @@
+"""mm_struct, VMAs, vm_flags and RSS counters.
+
+Models the parts of include/linux/mm_types.h, mm/vma.c and mm/mmap.c (Linux 7.1.8) that the
+accounting depends on: VMAs sorted by address, splitting at an address (with the
+vm_ops->may_split veto device-dax uses), merging of compatible neighbours, and the per-mm
+RSS counters MM_FILEPAGES, MM_ANONPAGES, MM_SWAPENTS and MM_SHMEMPAGES. Left out: the maple
+tree, anon_vma chains (one AnonVma object per anonymous lineage), mempolicies, userfaultfd.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+from dataclasses import dataclass, field
+from enum import IntFlag
+from typing import TYPE_CHECKING
+
+from foliosim.kernel.pgtable import PageTables
+
+if TYPE_CHECKING:
+    from foliosim.kernel.files import BackingFile
+
+
+class VM(IntFlag):
+    """vm_flags bits (include/linux/mm.h)."""
+
+    READ = 0x1
+    WRITE = 0x2
+    EXEC = 0x4
+    SHARED = 0x8
+    MAYREAD = 0x10
+    MAYWRITE = 0x20
+    MAYEXEC = 0x40
+    MAYSHARE = 0x80
+    PFNMAP = 0x400
+    LOCKED = 0x2000
+    DONTCOPY = 0x20000
+    DONTEXPAND = 0x40000
+    ACCOUNT = 0x100000
+    HUGEPAGE = 0x20000000
+    NOHUGEPAGE = 0x40000000
+    MIXEDMAP = 0x10000000
+    MAYBE_GUARD = 0x800000000  # VM_MAYBE_GUARD (7.x): guard markers may be present
+
+
+MM_FILEPAGES = 0
+MM_ANONPAGES = 1
+MM_SWAPENTS = 2
+MM_SHMEMPAGES = 3
+RSS_NAMES = ("MM_FILEPAGES", "MM_ANONPAGES", "MM_SWAPENTS", "MM_SHMEMPAGES")
+
+_anon_vma_ids = itertools.count(1)
+
+
+@dataclass(eq=False)
+class AnonVma:
+    """An anon_vma: the rmap root anonymous folios of a lineage of VMAs point at."""
+
+    id: int = field(default_factory=lambda: next(_anon_vma_ids))
+
+
+@dataclass(eq=False)
+class VMA:
+    """A vm_area_struct."""
+
+    mm: MM
+    start: int
+    end: int
+    flags: VM
+    file: BackingFile | None = None
+    pgoff: int = 0  # in pages; for anon VMAs, the address >> PAGE_SHIFT at creation
+    anon_vma: AnonVma | None = None
+
+    @property
+    def is_anonymous(self) -> bool:
+        """vma_is_anonymous(): no vm_ops, i.e. no file."""
+        return self.file is None
+
+    @property
+    def kind(self) -> str:
+        return "anon" if self.file is None else self.file.kind
+
+    @property
+    def is_dax(self) -> bool:
+        """vma_is_dax(): the file's inode is a DAX inode (fs-dax file or device-dax)."""
+        return self.file is not None and self.file.kind in ("fsdax", "devdax")
+
+    @property
+    def shared(self) -> bool:
+        return bool(self.flags & VM.SHARED)
+
+    @property
+    def is_cow_mapping(self) -> bool:
+        """is_cow_mapping(): private and may be written."""
+        return (self.flags & (VM.SHARED | VM.MAYWRITE)) == VM.MAYWRITE
+
+    def linear_page_index(self, addr: int, page_shift: int) -> int:
+        return ((addr - self.start) >> page_shift) + self.pgoff
+
+    def describe(self) -> str:
+        perms = "".join(
+            c if self.flags & f else "-" for c, f in (("r", VM.READ), ("w", VM.WRITE), ("x", VM.EXEC))
+        )
+        perms += "s" if self.shared else "p"
+        what = self.file.name if self.file is not None else "[anon]"
+        return f"{self.start:012x}-{self.end:012x} {perms} {what}"
+
+
+class MM:
+    """An mm_struct: VMAs, page tables and RSS counters of one task."""
+
+    _ids = itertools.count(1)
+
+    def __init__(self, ptrs_per_pte: int, mmap_base: int) -> None:
+        self.id = next(MM._ids)
+        self.vmas: list[VMA] = []
+        self._starts: list[int] = []
+        self.pgtables = PageTables.empty(ptrs_per_pte)
+        self.rss = [0, 0, 0, 0]
+        self.mmap_base = mmap_base
+        self.huge_zero_folio = False  # MMF_HUGE_ZERO_FOLIO
+        self.has_pinned = False  # MMF_HAS_PINNED
+
+    # ---- VMA tree ------------------------------------------------------------------------
+    def _reindex(self) -> None:
+        self.vmas.sort(key=lambda v: v.start)
+        self._starts = [v.start for v in self.vmas]
+
+    def find_vma(self, addr: int) -> VMA | None:
+        """vma_lookup(): the VMA containing addr, or None."""
+        i = bisect.bisect_right(self._starts, addr) - 1
+        if i >= 0 and self.vmas[i].start <= addr < self.vmas[i].end:
+            return self.vmas[i]
+        return None
+
+    def vmas_in(self, start: int, end: int) -> list[VMA]:
+        """VMAs intersecting [start, end), in address order."""
+        i = max(bisect.bisect_right(self._starts, start) - 1, 0)
+        out = []
+        while i < len(self.vmas) and self.vmas[i].start < end:
+            if self.vmas[i].end > start:
+                out.append(self.vmas[i])
+            i += 1
+        return out
+
+    def insert_vma(self, vma: VMA) -> None:
+        self.vmas.append(vma)
+        self._reindex()
+
+    def remove_vma(self, vma: VMA) -> None:
+        self.vmas.remove(vma)
+        self._reindex()
+
+    def split_vma(self, vma: VMA, addr: int, page_shift: int) -> VMA:
+        """__split_vma(): cut vma at addr; returns the upper part (the caller has checked
+        may_split). Both halves share the anon_vma and the file."""
+        upper = VMA(
+            mm=self,
+            start=addr,
+            end=vma.end,
+            flags=vma.flags,
+            file=vma.file,
+            pgoff=vma.pgoff + ((addr - vma.start) >> page_shift),
+            anon_vma=vma.anon_vma,
+        )
+        vma.end = addr
+        self.vmas.append(upper)
+        self._reindex()
+        return upper
+
+    def try_merge(self, vma: VMA, page_shift: int) -> VMA:
+        """vma_merge_existing_range() in spirit: merge vma with adjacent compatible VMAs
+        (same flags, file, contiguous pgoff, compatible anon_vma)."""
+        i = self.vmas.index(vma)
+        if i + 1 < len(self.vmas):
+            nxt = self.vmas[i + 1]
+            if _mergeable(vma, nxt, page_shift):
+                vma.end = nxt.end
+                vma.anon_vma = vma.anon_vma or nxt.anon_vma
+                self.vmas.pop(i + 1)
+        if i > 0:
+            prev = self.vmas[i - 1]
+            if _mergeable(prev, vma, page_shift):
+                prev.end = vma.end
+                prev.anon_vma = prev.anon_vma or vma.anon_vma
+                self.vmas.pop(i)
+                vma = prev
+        self._reindex()
+        return vma
+
+    def free_gap(self, length: int, align: int, low: int, high: int) -> int | None:
+        """Top-down search for a gap of ``length`` bytes aligned to ``align`` below ``high``
+        (vm_unmapped_area with VM_UNMAPPED_AREA_TOPDOWN; align_offset 0)."""
+        top = high
+        for vma in reversed(self.vmas):
+            if vma.start >= top:
+                top = min(top, vma.start) if vma.end > top else top
+                continue
+            candidate = (top - length) & ~(align - 1)
+            if candidate >= vma.end and candidate >= low:
+                return candidate
+            top = vma.start
+        candidate = (top - length) & ~(align - 1)
+        return candidate if candidate >= low else None
+
+
+def _mergeable(a: VMA, b: VMA, page_shift: int) -> bool:
+    if a.end != b.start or a.flags != b.flags or a.file is not b.file:
+        return False
+    if a.file is not None and a.pgoff + ((a.end - a.start) >> page_shift) != b.pgoff:
+        return False
+    if a.file is not None and a.file.kind == "devdax":
+        return False
+    return a.anon_vma is None or b.anon_vma is None or a.anon_vma is b.anon_vma

@@ -1,0 +1,104 @@
+"""mprotect: do_mprotect_pkey, mprotect_fixup, change_protection (mm/mprotect.c, 7.1.8).
+
+Huge leaves only partly inside the range are split (at VMA split time by
+vma_adjust_trans_huge, or by change_pmd_range/change_pud_range); whole leaves are changed in
+place (change_huge_pmd/change_huge_pud: no reference, mapcount or RSS change). Removing write
+permission write-protects entries; adding it leaves entries read-only (the next write faults)
+except exclusive anon pages (can_change_pte_writable, MM_CP_TRY_CHANGE_WRITABLE).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from foliosim.kernel import huge_memory
+from foliosim.kernel.mm import VM
+from foliosim.kernel.mmap import SyscallError, page_align, prot_flags, split_vma_at
+from foliosim.kernel.pgtable import PTE_SPECIAL, PTE_WRITE
+
+if TYPE_CHECKING:
+    from foliosim.kernel.kernel import Kernel, Task
+    from foliosim.kernel.mm import VMA
+
+PROT_BITS = VM.READ | VM.WRITE | VM.EXEC
+
+
+def do_mprotect(k: Kernel, task: Task, start: int, length: int, prot: str) -> None:
+    """do_mprotect_pkey() (mm/mprotect.c, 7.1.8): EINVAL for an unaligned start; length 0 is
+    a no-op; a hole gives ENOMEM after the VMAs before it were changed; a shared mapping may
+    not gain write without VM_MAYWRITE (EACCES)."""
+    k.enter("do_mprotect_pkey")
+    if start & (k.page_size - 1):
+        raise SyscallError("EINVAL", "start not page aligned")
+    if length == 0:
+        return
+    end = start + page_align(k, length)
+    mm = task.mm
+    first = mm.find_vma(start)
+    if first is None:
+        raise SyscallError("ENOMEM", "no VMA at start")
+    new_prot = prot_flags(prot)
+    cursor = start
+    for vma in mm.vmas_in(start, end):
+        if vma.start > cursor:
+            raise SyscallError("ENOMEM", "hole in range")
+        if new_prot & VM.WRITE and not vma.flags & VM.MAYWRITE:
+            raise SyscallError("EACCES", "no VM_MAYWRITE")
+        mprotect_fixup(k, vma, max(start, vma.start), min(end, vma.end), new_prot)
+        cursor = min(end, vma.end)
+    if cursor < end:
+        raise SyscallError("ENOMEM", "hole at end of range")
+
+
+def mprotect_fixup(k: Kernel, vma: VMA, start: int, end: int, new_prot: VM) -> None:
+    """mprotect_fixup() (mm/mprotect.c, 7.1.8): split the VMA to [start, end), set the flags,
+    change the entries, then merge with compatible neighbours."""
+    if (vma.flags & PROT_BITS) == new_prot:
+        return
+    if start > vma.start:
+        vma = split_vma_at(k, vma, start)
+    if end < vma.end:
+        split_vma_at(k, vma, end)
+    old = vma.flags
+    vma.flags = (vma.flags & ~PROT_BITS) | new_prot
+    change_protection(k, vma, old)
+    vma.mm.try_merge(vma, k.page_shift)
+
+
+def change_protection(k: Kernel, vma: VMA, old: VM) -> None:
+    """change_protection() over the whole VMA: leaves lose write when VM_WRITE is removed;
+    exclusive anon PTEs regain it when VM_WRITE is added to a private mapping."""
+    geo = k.geometry
+    pgt = vma.mm.pgtables
+    huge_memory.split_huge_pmd_range(k, vma, vma.start, vma.end)
+    removing_write = bool(old & VM.WRITE) and not vma.flags & VM.WRITE
+    adding_write = not old & VM.WRITE and bool(vma.flags & VM.WRITE)
+    lo_pmd, hi_pmd = vma.start >> geo.pmd_shift, (vma.end - 1) >> geo.pmd_shift
+    lo_pud, hi_pud = vma.start >> geo.pud_shift, (vma.end - 1) >> geo.pud_shift
+    for pud_no, leaf in pgt.pud_leaves.items():
+        if lo_pud <= pud_no <= hi_pud and removing_write:
+            leaf.write = False
+    for pmd_no, leaf in pgt.pmd_leaves.items():
+        if not lo_pmd <= pmd_no <= hi_pmd:
+            continue
+        if removing_write:
+            leaf.write = False
+        elif adding_write and leaf.folio.anon and leaf.folio.page_exclusive(0):
+            leaf.write = True
+        elif adding_write and vma.shared and vma.file is not None and not vma.file.page_mkwrite:
+            leaf.write = not leaf.special
+    for pmd_no, table in pgt.pte_tables.items():
+        if not lo_pmd <= pmd_no <= hi_pmd:
+            continue
+        base = pmd_no << geo.pmd_shift
+        first = max(vma.start - base, 0) >> k.page_shift
+        last = min(vma.end - base, geo.pmd_size) >> k.page_shift
+        for slot in range(first, last):
+            folio = table.folios[slot]
+            if folio is None:
+                continue
+            if removing_write:
+                table.bits[slot] &= ~PTE_WRITE & 0xFF
+            elif adding_write and not table.bits[slot] & PTE_SPECIAL:
+                if folio.anon and folio.page_exclusive(int(table.index[slot])):
+                    table.bits[slot] |= PTE_WRITE

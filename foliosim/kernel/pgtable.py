@@ -1,0 +1,113 @@
+"""Sparse page tables with present leaves at PTE, PMD and PUD level.
+
+A PUD slot holds a huge leaf or (implicitly) a PMD table; a PMD slot holds a huge leaf or a
+PTE table. PTE tables are NumPy arrays over one page-table page (PTRS_PER_PTE entries): the
+folio each entry maps (an object array; None is pte_none), the page index inside that folio,
+and the entry bits. Whole-table operations work on slices, not a Python loop per page.
+
+Entries point at folios rather than raw PFNs: pfn = folio.pfn + index, and the folio is
+what the kernel's vm_normal_page()/page_folio() would find. ``special`` marks entries the
+kernel makes with pte_mkspecial/pmd_mkspecial/pud_mkspecial (zero pages, pfnmap and legacy
+devmap DAX): vm_normal_page() returns NULL for them, so they hold no reference or mapcount.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from foliosim.kernel.physmem import Folio
+
+# PTE bits (the model's own encoding).
+PTE_WRITE = 1
+PTE_DIRTY = 2
+PTE_YOUNG = 4
+PTE_SPECIAL = 8
+PTE_MARKER_GUARD = 16  # a PTE_MARKER_GUARD swap-style marker (MADV_GUARD_INSTALL)
+PTE_SOFT_DIRTY = 32
+
+
+@dataclass
+class Leaf:
+    """A present huge leaf at PMD or PUD level (pmd_trans_huge / pud_trans_huge)."""
+
+    folio: Folio
+    write: bool = False
+    dirty: bool = False
+    young: bool = True
+    special: bool = False
+    # A page table deposited with this PMD (pgtable_trans_huge_deposit): anon THP and the
+    # anonymous huge zero PMD on x86-64; never for PUDs.
+    deposited: bool = False
+
+
+class PteTable:
+    """One page-table page of PTEs."""
+
+    __slots__ = ("bits", "folios", "index", "present")
+
+    def __init__(self, n: int) -> None:
+        self.folios: np.ndarray[Any, Any] = np.full(n, None, dtype=object)
+        self.index: np.ndarray[Any, Any] = np.zeros(n, dtype=np.int32)
+        self.bits: np.ndarray[Any, Any] = np.zeros(n, dtype=np.uint8)
+        self.present = 0
+
+    def is_none(self, i: int) -> bool:
+        return self.folios[i] is None and not self.bits[i] & PTE_MARKER_GUARD
+
+    def set(self, i: int, folio: Folio, index: int, bits: int) -> None:
+        if self.folios[i] is None:
+            self.present += 1
+        self.folios[i] = folio
+        self.index[i] = index
+        self.bits[i] = bits
+
+    def set_run(self, start: int, folio: Folio, first_index: int, nr: int, bits: int) -> None:
+        """Map ``nr`` consecutive pages of one folio (set_ptes)."""
+        window = self.folios[start : start + nr]
+        self.present += int(sum(1 for f in window if f is None))
+        window[:] = folio
+        self.index[start : start + nr] = np.arange(first_index, first_index + nr, dtype=np.int32)
+        self.bits[start : start + nr] = bits
+
+    def clear(self, i: int) -> None:
+        if self.folios[i] is not None:
+            self.present -= 1
+        self.folios[i] = None
+        self.index[i] = 0
+        self.bits[i] = 0
+
+    def clear_range(self, start: int, end: int) -> None:
+        window = self.folios[start:end]
+        self.present -= int(sum(1 for f in window if f is not None))
+        window[:] = None
+        self.index[start:end] = 0
+        self.bits[start:end] = 0
+
+
+@dataclass
+class PageTables:
+    """The page tables of one mm: huge leaves by PUD/PMD number, PTE tables by PMD number."""
+
+    ptrs_per_pte: int
+    pud_leaves: dict[int, Leaf]
+    pmd_leaves: dict[int, Leaf]
+    pte_tables: dict[int, PteTable]
+
+    @classmethod
+    def empty(cls, ptrs_per_pte: int) -> PageTables:
+        return cls(ptrs_per_pte, {}, {}, {})
+
+    def pte_table(self, pmd_no: int, create: bool = False) -> PteTable | None:
+        table = self.pte_tables.get(pmd_no)
+        if table is None and create:
+            table = PteTable(self.ptrs_per_pte)
+            self.pte_tables[pmd_no] = table
+        return table
+
+    def nr_ptes(self) -> int:
+        """Page-table pages at the lowest level, as mm_pgtables_bytes() counts them: PTE
+        tables in use plus tables deposited behind PMD leaves."""
+        return len(self.pte_tables) + sum(1 for leaf in self.pmd_leaves.values() if leaf.deposited)

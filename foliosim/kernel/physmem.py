@@ -1,0 +1,334 @@
+"""Physical memory: a sparse PFN space, folios and their counters, the page allocator.
+
+Models struct folio (include/linux/mm_types.h) and the accessors of include/linux/mm.h in
+Linux 7.1.8. Counters are kept as their *values* (the kernel stores mapcounts as value-1 and
+its accessors add one back): ``entire_mapcount`` is folio_entire_mapcount(),
+``large_mapcount`` is folio_large_mapcount(). ``nr_pages_mapped_raw`` is the raw
+_nr_pages_mapped including the ENTIRELY_MAPPED marker (mm/internal.h).
+
+Per-page state of a large folio (per-page mapcounts, PageAnonExclusive, "ever written") lives
+in NumPy arrays that are allocated only when a page of the folio is mapped or set one by one,
+so a PUD-mapped 1 GiB folio costs a few hundred bytes, not 262144 struct pages.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from foliosim.kernel.dax import DevPagemap
+
+# mm/internal.h
+ENTIRELY_MAPPED = 0x800000
+FOLIO_PAGES_MAPPED = ENTIRELY_MAPPED - 1
+# include/linux/mm.h
+GUP_PIN_COUNTING_BIAS = 1 << 10
+
+
+class Folio:
+    """A folio: 2**order contiguous pages starting at ``pfn``, with the kernel's counters."""
+
+    __slots__ = (
+        "anon",
+        "anon_exclusive",
+        "deferred",
+        "dirty",
+        "entire_mapcount",
+        "freed",
+        "index",
+        "kind",
+        "large_mapcount",
+        "lru",
+        "mapcount_small",
+        "mapping",
+        "nr_pages_mapped_raw",
+        "order",
+        "page_mapcounts",
+        "partially_mapped",
+        "pfn",
+        "pgmap",
+        "pincount",
+        "pins_small",
+        "referenced",
+        "refcount",
+        "reserved",
+        "share",
+        "swapbacked",
+        "written",
+        "zero",
+    )
+
+    def __init__(self, pfn: int, order: int, kind: str = "ram") -> None:
+        self.pfn = pfn
+        self.order = order
+        self.kind = kind  # "ram", "zero", "huge_zero", "devdax", "fsdax"
+        self.refcount = 1
+        self.mapcount_small = 0
+        self.entire_mapcount = 0
+        self.large_mapcount = 0
+        self.nr_pages_mapped_raw = 0
+        self.page_mapcounts: np.ndarray[Any, Any] | None = None
+        self.pincount = 0
+        self.pins_small = 0  # FOLL_PIN count of a small folio (refcount carries the bias)
+        self.anon = False
+        self.swapbacked = False
+        self.dirty = False
+        self.referenced = False
+        self.lru = False
+        self.zero = False
+        self.reserved = False
+        self.partially_mapped = False
+        self.deferred = False
+        self.freed = False
+        self.anon_exclusive: np.ndarray[Any, Any] | None = None
+        self.written: np.ndarray[Any, Any] | None = None
+        self.mapping: object | None = None
+        self.index = 0
+        self.pgmap: DevPagemap | None = None
+        self.share = 0
+
+    # ---- shape -------------------------------------------------------------------------
+    @property
+    def nr_pages(self) -> int:
+        return 1 << self.order
+
+    @property
+    def large(self) -> bool:
+        return self.order > 0
+
+    @property
+    def zone_device(self) -> bool:
+        return self.pgmap is not None
+
+    def contains(self, pfn: int) -> bool:
+        return self.pfn <= pfn < self.pfn + self.nr_pages
+
+    # ---- include/linux/mm.h accessors ----------------------------------------------------
+    def folio_mapcount(self) -> int:
+        """folio_mapcount(): small -> page mapcount; large -> folio_large_mapcount()."""
+        return self.large_mapcount if self.large else self.mapcount_small
+
+    def folio_mapped(self) -> bool:
+        return self.folio_mapcount() >= 1
+
+    def folio_nr_pages_mapped(self) -> int:
+        """folio_nr_pages_mapped(): pages mapped by PTE, without the ENTIRELY_MAPPED marker."""
+        return self.nr_pages_mapped_raw & FOLIO_PAGES_MAPPED
+
+    def entirely_mapped(self) -> bool:
+        return self.nr_pages_mapped_raw >= ENTIRELY_MAPPED
+
+    def page_mapcount_of(self, i: int) -> int:
+        """The page's own mapcount (page->_mapcount + 1), without the entire mapcount."""
+        if not self.large:
+            return self.mapcount_small
+        if self.page_mapcounts is None:
+            return 0
+        return int(self.page_mapcounts[i])
+
+    def precise_page_mapcount(self, i: int) -> int:
+        """folio_precise_page_mapcount() (fs/proc/internal.h, 7.1.8)."""
+        value = self.page_mapcount_of(i)
+        if self.large:
+            value += self.entire_mapcount
+        return value
+
+    def average_page_mapcount(self) -> int:
+        """folio_average_page_mapcount() (fs/proc/internal.h, 7.1.8), used under NO_PAGE_MAPCOUNT.
+
+        Small: the mapcount. Large: entire mapcount when all mappings are entire ones, else
+        the PTE mappings averaged over the pages (rounded to nearest, at least 1) plus entire.
+        """
+        if not self.large:
+            return self.mapcount_small
+        mapcount = self.large_mapcount
+        entire = self.entire_mapcount
+        if mapcount <= entire:
+            return entire
+        mapcount -= entire
+        avg = (mapcount + self.nr_pages // 2) // self.nr_pages
+        return max(avg, 1) + entire
+
+    def maybe_dma_pinned(self) -> bool:
+        """folio_maybe_dma_pinned(): pincount for large folios, refcount >= bias for small."""
+        if self.large:
+            return self.pincount > 0
+        return self.refcount >= GUP_PIN_COUNTING_BIAS
+
+    # ---- lazily allocated per-page arrays -----------------------------------------------
+    def mapcounts_array(self) -> np.ndarray[Any, Any]:
+        if self.page_mapcounts is None:
+            self.page_mapcounts = np.zeros(self.nr_pages, dtype=np.int32)
+        return self.page_mapcounts
+
+    def exclusive_array(self) -> np.ndarray[Any, Any]:
+        if self.anon_exclusive is None:
+            self.anon_exclusive = np.zeros(self.nr_pages, dtype=np.bool_)
+        return self.anon_exclusive
+
+    def written_array(self) -> np.ndarray[Any, Any]:
+        if self.written is None:
+            self.written = np.zeros(self.nr_pages, dtype=np.bool_)
+        return self.written
+
+    def page_exclusive(self, i: int) -> bool:
+        return bool(self.anon_exclusive is not None and self.anon_exclusive[i])
+
+    def page_written(self, i: int) -> bool:
+        return bool(self.written is not None and self.written[i])
+
+    def release_page_state(self) -> None:
+        """Drop per-page arrays that hold nothing any more (no PTE maps a page)."""
+        if self.page_mapcounts is not None and not self.page_mapcounts.any():
+            self.page_mapcounts = None
+
+    def flag_names(self) -> list[str]:
+        names = []
+        for attr, name in (
+            ("anon", "anon"),
+            ("swapbacked", "swapbacked"),
+            ("dirty", "dirty"),
+            ("referenced", "referenced"),
+            ("lru", "lru"),
+            ("reserved", "reserved"),
+            ("partially_mapped", "partially_mapped"),
+            ("zero", "zero"),
+        ):
+            if getattr(self, attr):
+                names.append(name)
+        if self.large:
+            names.insert(0, "head")
+        return names
+
+    def __repr__(self) -> str:
+        return f"<folio pfn={self.pfn:#x} order={self.order} ref={self.refcount}>"
+
+
+class OutOfMemory(Exception):
+    """The allocator found no free block of the requested order."""
+
+
+class PhysMem:
+    """RAM as a sparse PFN range with a simple buddy-style allocator, and the zero folios.
+
+    Only allocated folios exist as objects; free RAM is a bump pointer plus free lists per
+    order, so 64 GiB or 1 TiB of RAM costs nothing until it is used.
+    """
+
+    def __init__(self, ram_pages: int, pmd_order: int) -> None:
+        self.ram_pages = ram_pages
+        self.used_pages = 0
+        self._bump = 0
+        self._free: dict[int, list[int]] = {}
+        self.folios: dict[int, Folio] = {}
+        self._orders_present: set[int] = set()
+        # The shared zero page sits at a fixed pfn; the huge zero folio is allocated lazily.
+        self.zero_folio = self._make_zero()
+        self.huge_zero_folio: Folio | None = None
+        self.huge_zero_refcount = 0
+        self.pmd_order = pmd_order
+        self.deferred_split_queue: OrderedDict[int, Folio] = OrderedDict()
+        self.device_regions: list[tuple[int, int, DevPagemap]] = []
+
+    def _make_zero(self) -> Folio:
+        folio = Folio(self._take(0), 0, kind="zero")
+        folio.zero = True
+        folio.reserved = True
+        self._register(folio)
+        return folio
+
+    # ---- allocation ----------------------------------------------------------------------
+    def _take(self, order: int) -> int:
+        nr = 1 << order
+        free = self._free.get(order)
+        if free:
+            return free.pop()
+        if self.used_pages + nr > self.ram_pages:
+            raise OutOfMemory(order)
+        start = (self._bump + nr - 1) & ~(nr - 1)
+        if start + nr > self.ram_pages:
+            raise OutOfMemory(order)
+        # Skipped alignment padding goes to the free lists of small orders.
+        gap = start - self._bump
+        pfn = self._bump
+        while gap:
+            o = (pfn & -pfn).bit_length() - 1 if pfn else order
+            while (1 << o) > gap:
+                o -= 1
+            self._free.setdefault(o, []).append(pfn)
+            pfn += 1 << o
+            gap -= 1 << o
+        self._bump = start + nr
+        return start
+
+    def _register(self, folio: Folio) -> None:
+        self.folios[folio.pfn] = folio
+        self._orders_present.add(folio.order)
+
+    def alloc_folio(self, order: int) -> Folio:
+        """folio_alloc(): a new folio with refcount 1, or OutOfMemory."""
+        pfn = self._take(order)
+        folio = Folio(pfn, order)
+        self.used_pages += folio.nr_pages
+        self._register(folio)
+        return folio
+
+    def free_folio(self, folio: Folio) -> None:
+        """Return a RAM folio to the allocator (free_unref_folios / __free_pages)."""
+        self.folios.pop(folio.pfn, None)
+        folio.freed = True
+        self.deferred_split_queue.pop(folio.pfn, None)
+        folio.deferred = False
+        self.used_pages -= folio.nr_pages
+        self._free.setdefault(folio.order, []).append(folio.pfn)
+
+    def replace_with_pages(self, folio: Folio) -> list[Folio]:
+        """Turn a large folio into order-0 folios (the memmap side of __split_unmapped_folio)."""
+        self.folios.pop(folio.pfn, None)
+        pages = []
+        for i in range(folio.nr_pages):
+            page = Folio(folio.pfn + i, 0, kind=folio.kind)
+            self._register(page)
+            pages.append(page)
+        return pages
+
+    # ---- lookup ------------------------------------------------------------------------
+    def lookup(self, pfn: int) -> Folio | None:
+        """page_folio(pfn_to_page(pfn)) for an allocated page, else None."""
+        for region_start, region_end, pgmap in self.device_regions:
+            if region_start <= pfn < region_end:
+                return pgmap.folio_of(pfn)
+        for order in sorted(self._orders_present):
+            head = pfn & ~((1 << order) - 1)
+            folio = self.folios.get(head)
+            if folio is not None and folio.contains(pfn):
+                return folio
+        return None
+
+    def all_folios(self) -> list[Folio]:
+        folios = list(self.folios.values())
+        for _, _, pgmap in self.device_regions:
+            folios.extend(pgmap.live_folios())
+        return folios
+
+    # ---- huge zero folio (mm/huge_memory.c, 7.1.8) ---------------------------------------
+    def get_huge_zero_folio(self) -> tuple[Folio, bool]:
+        """get_huge_zero_folio(): allocate on first use; the refcount starts at 2 (caller +
+        the shrinker's). Returns the folio and whether it was newly allocated."""
+        if self.huge_zero_folio is not None and self.huge_zero_refcount > 0:
+            self.huge_zero_refcount += 1
+            return self.huge_zero_folio, False
+        folio = self.alloc_folio(self.pmd_order)
+        folio.kind = "huge_zero"
+        folio.zero = True
+        self.huge_zero_folio = folio
+        self.huge_zero_refcount = 2
+        return folio, True
+
+    def put_huge_zero_folio(self) -> None:
+        """put_huge_zero_folio(): the shrinker frees it only at refcount 1, never here."""
+        if self.huge_zero_refcount > 1:
+            self.huge_zero_refcount -= 1

@@ -1,0 +1,104 @@
+"""Page-table lookups shared by faults, zaps, GUP and queries (the model's follow_page)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from foliosim.kernel.mm import MM
+from foliosim.kernel.pgtable import PTE_MARKER_GUARD, PTE_WRITE, Leaf, PteTable
+from foliosim.kernel.physmem import Folio
+
+
+@dataclass
+class Mapping:
+    """What maps one address: the level, the folio, the page index inside it and the entry."""
+
+    level: str  # "pte", "pmd", "pud"
+    folio: Folio
+    page: int
+    write: bool
+    special: bool
+    leaf: Leaf | None = None
+    table: PteTable | None = None
+    slot: int = 0
+
+
+def lookup(mm: MM, addr: int, page_shift: int, pmd_shift: int, pud_shift: int) -> Mapping | None:
+    """Walk the page tables for addr; None if no present entry maps it."""
+    leaf = mm.pgtables.pud_leaves.get(addr >> pud_shift)
+    if leaf is not None:
+        page = (addr - ((addr >> pud_shift) << pud_shift)) >> page_shift
+        return Mapping("pud", leaf.folio, page, leaf.write, leaf.special, leaf=leaf)
+    pmd_no = addr >> pmd_shift
+    leaf = mm.pgtables.pmd_leaves.get(pmd_no)
+    if leaf is not None:
+        page = (addr - (pmd_no << pmd_shift)) >> page_shift
+        return Mapping("pmd", leaf.folio, page, leaf.write, leaf.special, leaf=leaf)
+    table = mm.pgtables.pte_tables.get(pmd_no)
+    if table is None:
+        return None
+    slot = (addr >> page_shift) & (table.folios.shape[0] - 1)
+    folio = table.folios[slot]
+    if folio is None:
+        return None
+    bits = int(table.bits[slot])
+    return Mapping(
+        "pte",
+        folio,
+        int(table.index[slot]),
+        bool(bits & PTE_WRITE),
+        bool(bits & 8),
+        table=table,
+        slot=slot,
+    )
+
+
+def has_guard_marker(mm: MM, addr: int, page_shift: int, pmd_shift: int) -> bool:
+    table = mm.pgtables.pte_tables.get(addr >> pmd_shift)
+    if table is None:
+        return False
+    slot = (addr >> page_shift) & (table.folios.shape[0] - 1)
+    return bool(table.bits[slot] & PTE_MARKER_GUARD)
+
+
+@dataclass
+class MappingRef:
+    """One page-table entry that maps a folio, found by the model's rmap walk."""
+
+    mm: MM
+    addr: int
+    level: str
+    page: int  # first page of the folio this entry maps
+    nr: int  # pages it maps (1 for a PTE)
+    leaf: Leaf | None = None
+    table: PteTable | None = None
+    slot: int = 0
+
+
+def mappings_of(mms: list[MM], folio: Folio, geo_pmd_shift: int, geo_pud_shift: int,
+                page_shift: int) -> list[MappingRef]:
+    """rmap_walk() in spirit: every PTE/PMD/PUD entry of every mm that maps ``folio``.
+
+    The kernel walks anon_vma/i_mmap trees; the model scans page tables, which gives the same
+    set of entries (special entries included: callers filter them).
+    """
+    import numpy as np
+
+    out: list[MappingRef] = []
+    for mm in mms:
+        pgt = mm.pgtables
+        for pud_no, leaf in pgt.pud_leaves.items():
+            if leaf.folio is folio:
+                out.append(MappingRef(mm, pud_no << geo_pud_shift, "pud", 0, folio.nr_pages, leaf))
+        for pmd_no, leaf in pgt.pmd_leaves.items():
+            if leaf.folio is folio:
+                nr = 1 << (geo_pmd_shift - page_shift)
+                out.append(MappingRef(mm, pmd_no << geo_pmd_shift, "pmd", 0, nr, leaf))
+        for pmd_no, table in pgt.pte_tables.items():
+            if not table.present:
+                continue
+            for slot in np.flatnonzero(table.folios == folio):
+                slot = int(slot)
+                addr = (pmd_no << geo_pmd_shift) + (slot << page_shift)
+                out.append(MappingRef(mm, addr, "pte", int(table.index[slot]), 1, None, table, slot))
+    return out

@@ -1,0 +1,136 @@
+"""Unmapping page ranges: zap_page_range_single / unmap_vmas (mm/memory.c, Linux 7.1.8).
+
+zap_pud_range -> zap_pmd_range -> zap_pte_range: a huge leaf fully inside the range is
+zapped whole, a partly covered one is split first (PUD: dropped entirely; anon PMD: remapped
+by PTEs, then only the covered PTEs go). PTEs are handled a page-table page at a time, in runs
+of consecutive entries of one folio (folio_pte_batch), each run one rmap update.
+Folio references are dropped after the rmap updates, as tlb_finish_mmu frees the batch.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from foliosim.kernel import huge_memory, rmap
+from foliosim.kernel.pgtable import PTE_DIRTY, PTE_MARKER_GUARD, PTE_SPECIAL, PTE_YOUNG, PteTable
+from foliosim.kernel.physmem import Folio
+
+if TYPE_CHECKING:
+    from foliosim.kernel.kernel import Kernel
+    from foliosim.kernel.mm import VMA
+
+
+def unmap_page_range(
+    k: Kernel,
+    vma: VMA,
+    start: int,
+    end: int,
+    *,
+    drop_markers: bool = False,
+    keep_anon: bool = False,
+) -> None:
+    """unmap_page_range() over [start, end) of one VMA.
+
+    ``drop_markers`` removes guard markers too (munmap/exit tear the tables down);
+    MADV_DONTNEED leaves them. ``keep_anon`` spares anonymous (COWed) pages of a private
+    file mapping, as unmap_mapping_range() does for a hole punch (even_cows == 0).
+    """
+    k.enter("unmap_page_range")
+    geo = k.geometry
+    start = max(start, vma.start)
+    end = min(end, vma.end)
+    if start >= end:
+        return
+    pgt = vma.mm.pgtables
+    # PUD level: zap whole leaves, split partial ones (zap_pud_range).
+    for pud_no in _keys_in(pgt.pud_leaves, start >> geo.pud_shift, (end - 1) >> geo.pud_shift):
+        lo = pud_no << geo.pud_shift
+        if start <= lo and lo + geo.pud_size <= end:
+            huge_memory.zap_huge_pud(k, vma, pud_no)
+        else:
+            huge_memory.__split_huge_pud(k, vma, max(start, lo))
+    # PMD level (zap_pmd_range).
+    for pmd_no in _keys_in(pgt.pmd_leaves, start >> geo.pmd_shift, (end - 1) >> geo.pmd_shift):
+        lo = pmd_no << geo.pmd_shift
+        if start <= lo and lo + geo.pmd_size <= end:
+            huge_memory.zap_huge_pmd(k, vma, pmd_no)
+        else:
+            huge_memory.__split_huge_pmd(k, vma, max(start, lo))
+    # PTE level (zap_pte_range).
+    puts: list[tuple[Folio, int]] = []
+    for pmd_no in _keys_in(pgt.pte_tables, start >> geo.pmd_shift, (end - 1) >> geo.pmd_shift):
+        table = pgt.pte_tables[pmd_no]
+        lo = pmd_no << geo.pmd_shift
+        first = max(start - lo, 0) >> k.page_shift
+        last = min(end - lo, geo.pmd_size) >> k.page_shift
+        zap_pte_range(k, vma, table, first, last, puts, drop_markers, keep_anon)
+        if drop_markers and table.present == 0 and not table.bits.any():
+            del pgt.pte_tables[pmd_no]
+    for folio, n in puts:
+        k.folio_put(folio, n)
+
+
+def _keys_in(table: dict[int, object], lo: int, hi: int) -> list[int]:
+    if hi - lo < len(table):
+        return [n for n in range(lo, hi + 1) if n in table]
+    return sorted(n for n in table if lo <= n <= hi)
+
+
+def zap_pte_range(
+    k: Kernel,
+    vma: VMA,
+    table: PteTable,
+    first: int,
+    last: int,
+    puts: list[tuple[Folio, int]],
+    drop_markers: bool,
+    keep_anon: bool = False,
+) -> None:
+    """zap_pte_range() -> zap_present_ptes() (mm/memory.c, 7.1.8) over slots [first, last).
+
+    Per run of one folio: RSS -= nr (MM_ANONPAGES / mm_counter_file), dirty/young PTE bits go
+    into the folio (file folios), folio_remove_rmap_ptes(nr), and nr references queued for
+    the mmu_gather. Special entries (zero page, devmap/pfnmap) only clear.
+    """
+    from foliosim.kernel.memory import mm_counter
+
+    folios = table.folios
+    bits = table.bits
+    present = np.flatnonzero(folios[first:last] != None) + first  # noqa: E711 (object array)
+    if drop_markers:
+        markers = np.flatnonzero(bits[first:last] & PTE_MARKER_GUARD) + first
+        bits[markers] = 0
+    i = 0
+    n = len(present)
+    while i < n:
+        slot = int(present[i])
+        folio: Folio = folios[slot]
+        j = i + 1
+        page = int(table.index[slot])
+        while (
+            j < n
+            and int(present[j]) == slot + (j - i)
+            and folios[int(present[j])] is folio
+            and int(table.index[int(present[j])]) == page + (j - i)
+        ):
+            j += 1
+        nr = j - i
+        if keep_anon and folio.anon:
+            i = j
+            continue
+        run_bits = bits[slot : slot + nr]
+        special = bool(run_bits[0] & PTE_SPECIAL)
+        if not special:
+            if not folio.anon:
+                if (run_bits & PTE_DIRTY).any():
+                    folio.dirty = True
+                if (run_bits & PTE_YOUNG).any():
+                    folio.referenced = True
+            vma.mm.rss[mm_counter(folio)] -= nr
+            if not k.variant.zap_pte_forgets_rmap:
+                rmap.folio_remove_rmap_ptes(k, folio, page, nr, vma)
+            puts.append((folio, nr))
+        table.clear_range(slot, slot + nr)
+        i = j

@@ -1,0 +1,66 @@
+"""Mutants: deliberately broken variants of mainline, each tied to a real code path.
+
+The fuzzer must catch every one (issue: stateful fuzzer and mutant catalogue).
+"""
+
+from __future__ import annotations
+
+from foliosim.variants import MAINLINE, SEED, Variant
+
+_CATALOGUE: list[tuple[str, str, Variant, dict[str, bool]]] = [
+    ("split-pud-no-put", "__split_huge_pud_locked forgets folio_put", MAINLINE,
+     {"split_pud_forgets_put": True}),
+    ("zap-pud-no-rss", "zap_huge_pud forgets add_mm_counter(-HPAGE_PUD_NR)", MAINLINE,
+     {"zap_pud_forgets_rss": True}),
+    ("pud-rmap-per-page", "PUD rmap bumps every page's _mapcount as PTEs would", MAINLINE,
+     {"pud_rmap_as_pages": True}),
+    ("fork-skips-pmd-dup", "copy_huge_pmd skips folio_try_dup_anon_rmap_pmd", MAINLINE,
+     {"fork_skips_pmd_dup": True}),
+    ("cow-keeps-exclusive", "fork dup forgets to clear PageAnonExclusive", MAINLINE,
+     {"cow_keeps_exclusive": True}),
+    ("deferred-never-queues", "deferred_split_folio never queues", MAINLINE,
+     {"deferred_split_never_queues": True}),
+    ("mremap-pud-drops-rss", "mremap moves a PUD and also drops its RSS", MAINLINE,
+     {"mremap_pud_drops_rss": True}),
+    ("pin-one-ref", "FOLL_PIN of a small folio takes one reference, not the bias", MAINLINE,
+     {"pin_takes_one_ref": True}),
+    ("truncate-ignores-pins", "dax truncate ignores a pinned DAX page", MAINLINE,
+     {"truncate_ignores_pins": True}),
+    ("zap-pmd-no-rss", "zap_huge_pmd forgets the RSS update", MAINLINE,
+     {"zap_pmd_forgets_rss": True}),
+    ("split-pmd-no-put", "file PMD split forgets folio_put", MAINLINE,
+     {"split_pmd_forgets_ref": True}),
+    ("zap-pte-no-rmap", "zap_present_ptes forgets folio_remove_rmap_ptes", MAINLINE,
+     {"zap_pte_forgets_rmap": True}),
+    ("pud-fault-no-ref", "vmf_insert_folio_pud forgets folio_get", MAINLINE,
+     {"fault_pud_forgets_ref": True}),
+    ("unpin-no-pincount", "unpin of a large folio forgets _pincount", MAINLINE,
+     {"unpin_forgets_pincount": True}),
+    ("split-pud-no-rmap", "__split_huge_pud_locked forgets folio_remove_rmap_pud", MAINLINE,
+     {"split_pud_forgets_rmap": True}),
+    ("dax-pmd-no-rss", "vmf_insert_folio_pmd forgets add_mm_counter", MAINLINE,
+     {"dax_pmd_forgets_rss": True}),
+    ("fork-pte-no-ref", "copy_present_ptes forgets folio_ref_add", MAINLINE,
+     {"fork_pte_skips_ref": True}),
+    ("cow-no-old-rmap", "wp_page_copy forgets folio_remove_rmap_pte on the old page",
+     MAINLINE, {"cow_forgets_old_rmap": True}),
+    ("exit-skips-zap", "exit_mmap forgets to unmap (leaks everything)", MAINLINE,
+     {"exit_skips_zap": True}),
+    ("collapse-no-put", "collapse_huge_page forgets to put the old folios", MAINLINE,
+     {"collapse_forgets_old_ref": True}),
+    ("dax-pte-double-ref", "vmf_insert_page_mkwrite takes two references", MAINLINE,
+     {"dax_pte_double_ref": True}),
+    ("zero-pmd-withdraws-dax", "zap_huge_pmd withdraws a deposit a DAX zero PMD never had",
+     MAINLINE, {"dax_zero_pmd_withdraws_deposit": True}),
+    ("shrinker-splits-all", "deferred_split_scan splits folios that are fully mapped", MAINLINE,
+     {"shrinker_splits_mapped_whole": True}),
+    ("seed-split-pud-no-put", "seed's PUD split without the folio_put", SEED,
+     {"split_pud_forgets_put": True}),
+    ("deferred-no-requeue", "deferred_split_scan drops a folio whose split failed", MAINLINE,
+     {"deferred_split_skips_unqueue": True}),
+]
+
+MUTANTS: dict[str, Variant] = {
+    name: base.mutate(name, description, **switches)
+    for name, description, base, switches in _CATALOGUE
+}

@@ -1,0 +1,426 @@
+"""Running a parsed scenario on the model: setup, task statements, expectations, checks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from foliosim.check import Violation, check_all
+from foliosim.config import (
+    BuildError,
+    KernelConfig,
+    check_variant_builds,
+    make_geometry,
+    resolve_options,
+)
+from foliosim.kernel import gup, madvise, memory, mmap, mprotect, mremap, process, truncate
+from foliosim.kernel.files import BackingFile
+from foliosim.kernel.huge_memory_split import deferred_split_scan
+from foliosim.kernel.kernel import Kernel, Task
+from foliosim.kernel.mmap import SyscallError
+from foliosim.scenario.parser import Addr, Num, Query, ScenarioError, Stmt
+from foliosim.scenario.queries import QValue, UnknownCounter, evaluate
+from foliosim.variants import get_variant
+
+SNAPSHOT_COUNTERS = ("rss", "vmstat")
+
+
+@dataclass
+class StmtResult:
+    line: int
+    source: str
+    ok: bool = True
+    output: list[str] = field(default_factory=list)
+    trace: list[str] = field(default_factory=list)
+    changes: dict[str, tuple[int, int]] = field(default_factory=dict)
+    values: dict[str, QValue] = field(default_factory=dict)
+
+
+@dataclass
+class Run:
+    """The state of one scenario run."""
+
+    path: str
+    kernel: Kernel
+    names: dict[str, int] = field(default_factory=dict)
+    devices: dict[str, Any] = field(default_factory=dict)
+    pins: dict[str, gup.PinSet] = field(default_factory=dict)
+    results: list[StmtResult] = field(default_factory=list)
+    failed: bool = False
+    violations: list[Violation] = field(default_factory=list)
+
+    def address(self, addr: Addr | None) -> int | None:
+        if addr is None:
+            return None
+        if addr.name is None:
+            return addr.offset
+        base = self.names.get(addr.name)
+        return None if base is None else base + addr.offset
+
+
+def build_kernel(path: str, stmts: list[Stmt], variant_override: str | None) -> Kernel:
+    """Create the kernel from the leading `config` and `memory` statements."""
+    arch, levels, granule = "x86_64", 4, "4K"
+    thp, variant, mapcount = "madvise", "mainline", "page"
+    mthp: dict[int, str] = {}
+    overrides: dict[str, bool] = {}
+    memory_bytes = 64 << 30
+    swap = 0
+    where = (1, 1)
+    mthp_text = ""
+    for stmt in stmts:
+        if stmt.kind == "memory":
+            size = stmt.args["size"]
+            assert isinstance(size, Num)
+            memory_bytes = size.value
+            continue
+        if stmt.kind != "config":
+            continue
+        kv: dict[str, tuple[str, int]] = stmt.args["kv"]  # type: ignore[assignment]
+        where = (stmt.line, stmt.col)
+        for key, (value, col) in kv.items():
+            def bad(msg: str, col: int = col, line: int = stmt.line) -> ScenarioError:
+                return ScenarioError(path, line, col, msg)
+
+            if key == "arch":
+                arch = value
+            elif key == "levels":
+                if value not in ("3", "4", "5"):
+                    raise bad(f"bad levels '{value}'")
+                levels = int(value)
+            elif key == "granule":
+                granule = value
+            elif key == "thp":
+                if value not in ("always", "madvise", "never"):
+                    raise bad(f"bad thp '{value}' (always, madvise, never)")
+                thp = value
+            elif key == "mapcount":
+                if value not in ("page", "nopage"):
+                    raise bad(f"bad mapcount '{value}' (page, nopage)")
+                mapcount = value
+            elif key == "variant":
+                variant = value
+            elif key == "swap":
+                from foliosim.scenario.parser import NUMBER_RE, SUFFIXES
+
+                m = NUMBER_RE.match(value)
+                if not m:
+                    raise bad(f"bad swap size '{value}'")
+                swap = int(m.group(1), 0) * SUFFIXES.get(m.group(2), 1)
+            elif key == "mthp":
+                mthp_text = value
+                where = (stmt.line, col)
+            elif key.startswith("CONFIG_"):
+                if value not in ("y", "n"):
+                    raise bad(f"{key} must be y or n")
+                from foliosim.config import USER_OPTIONS
+
+                if key[7:] not in USER_OPTIONS:
+                    raise bad(f"unknown option {key}")
+                overrides[key[7:]] = value == "y"
+    if variant_override is not None:
+        variant = variant_override
+    line, col = where
+    try:
+        geometry = make_geometry(arch, levels, granule)
+        if mapcount == "nopage":
+            overrides["NO_PAGE_MAPCOUNT"] = True
+        options = resolve_options(arch, overrides)
+        for item in filter(None, mthp_text.split(",")):
+            size_text, _, mode = item.partition(":")
+            from foliosim.scenario.parser import NUMBER_RE, SUFFIXES
+
+            m = NUMBER_RE.match(size_text)
+            if not m or mode not in ("always", "madvise", "inherit", "never"):
+                raise ValueError(f"bad mthp item '{item}' (SIZE:always|madvise|inherit|never)")
+            pages = int(m.group(1), 0) * SUFFIXES.get(m.group(2), 1) // geometry.page_size
+            order = pages.bit_length() - 1
+            if pages != 1 << order or not 2 <= order <= geometry.pmd_order:
+                raise ValueError(f"no mTHP size {size_text}")
+            mthp[order] = mode
+        try:
+            chosen = get_variant(variant)
+        except KeyError:
+            raise ValueError(f"unknown variant '{variant}' (legacy, seed, mainline)") from None
+        config = KernelConfig(geometry, options, thp, mthp, chosen.name, memory_bytes, swap)
+        check_variant_builds(config)
+    except (ValueError, BuildError) as exc:
+        raise ScenarioError(path, line, col, str(exc)) from None
+    return Kernel(config, chosen)
+
+
+def execute(path: str, stmts: list[Stmt], *, variant: str | None = None,
+            check_each: bool = False, trace: bool = False) -> Run:
+    kernel = build_kernel(path, stmts, variant)
+    run = Run(path, kernel)
+    kernel.pinsets = run.pins  # type: ignore[attr-defined]
+    for stmt in stmts:
+        if stmt.kind in ("config", "memory"):
+            continue
+        result = StmtResult(stmt.line, stmt.source)
+        kernel.reports.current_line = stmt.line
+        kernel.trace_log = [] if trace else None
+        before = _counters(kernel) if trace else {}
+        try:
+            run_statement(run, stmt, result)
+        except UnknownCounter as exc:
+            raise ScenarioError(path, stmt.line, stmt.col, f"unknown vmstat counter '{exc}'") from None
+        if trace:
+            result.trace = list(kernel.trace_log or [])
+            after = _counters(kernel)
+            result.changes = {
+                key: (before.get(key, 0), value)
+                for key, value in after.items()
+                if before.get(key, 0) != value
+            }
+        if check_each and stmt.kind != "check":
+            _run_check(run, result)
+        run.results.append(result)
+    return run
+
+
+def _counters(k: Kernel) -> dict[str, int]:
+    out = {f"vmstat.{key}": value for key, value in k.vmstat.counters.items()}
+    for name, task in k.tasks.items():
+        for label, i in (("file", 0), ("anon", 1), ("shmem", 3)):
+            out[f"{name}.rss.{label}"] = task.mm.rss[i]
+    return out
+
+
+def _run_check(run: Run, result: StmtResult) -> None:
+    violations = check_all(run.kernel)
+    if violations:
+        run.failed = True
+        run.violations.extend(violations)
+        result.ok = False
+        result.output.extend(v.render() for v in violations)
+
+
+def run_statement(run: Run, stmt: Stmt, result: StmtResult) -> None:
+    k = run.kernel
+    args = stmt.args
+    if stmt.task is not None:
+        task = k.tasks[stmt.task]
+        task.errno = None
+        task.signal = None
+        try:
+            task_statement(run, task, stmt, result)
+        except SyscallError as exc:
+            task.errno = exc.errno
+            result.output.append(f"{stmt.task}: {stmt.kind}: {exc.errno}")
+        return
+    if stmt.kind in ("unpin", "truncate", "punch", "shrink"):
+        k.global_errno = None
+        try:
+            global_statement(run, stmt)
+        except SyscallError as exc:
+            k.global_errno = exc.errno
+            result.output.append(f"{stmt.kind}: {exc.errno}")
+        return
+    if stmt.kind == "task":
+        k.new_task(str(args["name"]))
+    elif stmt.kind == "devdax":
+        _setup_devdax(run, stmt)
+    elif stmt.kind == "fsdax":
+        from foliosim.kernel.fsdax import make_fsdax
+
+        _setup(run, stmt, lambda: make_fsdax(k, str(args["name"]), int(args["size"])))  # type: ignore[call-overload]
+    elif stmt.kind == "file":
+        _setup_file(run, stmt)
+    elif stmt.kind == "check":
+        _run_check(run, result)
+    elif stmt.kind in ("expect", "expect_warning", "expect_no_warnings", "print"):
+        from foliosim.scenario.expect import run_expect
+
+        run_expect(run, stmt, result)
+
+
+def _setup(run: Run, stmt: Stmt, make: Any) -> None:
+    try:
+        device = make()
+    except (SyscallError, BuildError) as exc:
+        raise ScenarioError(run.path, stmt.line, stmt.col, str(exc)) from None
+    run.devices[str(stmt.args["name"])] = device
+
+
+def _setup_devdax(run: Run, stmt: Stmt) -> None:
+    from foliosim.kernel.dax import make_devdax
+
+    k = run.kernel
+    size = int(stmt.args["size"])  # type: ignore[call-overload]
+    align = stmt.args["align"]
+    align_value = int(align) if align is not None else k.geometry.pmd_size  # type: ignore[call-overload]
+    allowed = (k.page_size, k.geometry.pmd_size, k.geometry.pud_size)
+    if align_value not in allowed:
+        raise ScenarioError(run.path, stmt.line, stmt.col, f"align must be one of {allowed}")
+    if not k.config.enabled("DEV_DAX"):
+        raise ScenarioError(
+            run.path, stmt.line, stmt.col,
+            "CONFIG_DEV_DAX is not set (it depends on CONFIG_TRANSPARENT_HUGEPAGE and "
+            "CONFIG_ZONE_DEVICE)",
+        )
+    if align_value == k.geometry.pud_size and not k.config.thp_pud:
+        pass  # the driver accepts it; PUD faults fall back and PTE/PMD faults SIGBUS
+    if size % align_value or size == 0:
+        raise ScenarioError(run.path, stmt.line, stmt.col, "size must be a multiple of align")
+    _setup(run, stmt, lambda: make_devdax(k, str(stmt.args["name"]), size, align_value))
+
+
+def _setup_file(run: Run, stmt: Stmt) -> None:
+    k = run.kernel
+    name = str(stmt.args["name"])
+    fs, _col = stmt.args["fs"]  # type: ignore[misc]
+    size = int(stmt.args["size"])  # type: ignore[call-overload]
+    if fs in ("pagecache", "shmem"):
+        file = BackingFile(name=name, size=size, kind=fs, huge=str(stmt.args["huge"]),
+                           page_mkwrite=fs == "pagecache")
+        k.add_file(file)
+        if stmt.args["filled"]:
+            from foliosim.kernel.filemap import fill_file
+
+            fill_file(k, file)
+        return
+    device = run.devices.get(fs)
+    from foliosim.kernel.fsdax import FsdaxFs
+
+    if not isinstance(device, FsdaxFs):
+        raise ScenarioError(run.path, stmt.line, stmt.col, f"'{fs}' is not an fsdax filesystem")
+    try:
+        file = device.create_file(k, name, size, bool(stmt.args["filled"]))
+    except SyscallError as exc:
+        raise ScenarioError(run.path, stmt.line, stmt.col, f"cannot create {name}: {exc}") from None
+    k.add_file(file)
+
+
+def task_statement(run: Run, task: Task, stmt: Stmt, result: StmtResult) -> None:
+    k = run.kernel
+    a = stmt.args
+    kind = stmt.kind
+
+    def addr(key: str = "addr") -> int:
+        value = run.address(a[key])  # type: ignore[arg-type]
+        if value is None:
+            raise SyscallError("EFAULT", "name is unbound (its mmap failed)")
+        return value
+
+    def length(key: str = "len") -> int:
+        n = a[key]
+        assert isinstance(n, Num)
+        return n.value
+
+    if kind == "mmap":
+        fd = a["fd"]
+        file = None
+        if fd is not None:
+            fname = fd[0]  # type: ignore[index]
+            file = run.devices.get(fname) or k.files.get(fname)
+        shared = a["shared"] if a["shared"] is not None else file is not None
+        at = run.address(a["at"]) if a["at"] is not None else None  # type: ignore[arg-type]
+        address = mmap.do_mmap(k, task, length(), str(a["prot"]), bool(shared), file,
+                               int(a["off"]), at, a["align"])  # type: ignore[arg-type]
+        run.names[str(a["bind"])] = address
+        if a["populate"]:
+            touch(k, task, address, length(), write=bool("w" in str(a["prot"])))
+    elif kind == "munmap":
+        mmap.do_munmap(k, task, addr(), length())
+    elif kind in ("read", "write"):
+        signal = touch(k, task, addr(), length(), write=kind == "write")
+        if signal:
+            task.signal = signal
+            result.output.append(f"{task.name}: {kind}: {signal}")
+    elif kind == "madvise":
+        madvise.do_madvise(k, task, addr(), length(), str(a["advice"]))
+    elif kind == "mprotect":
+        mprotect.do_mprotect(k, task, addr(), length(), str(a["prot"]))
+    elif kind == "mremap":
+        fixed = run.address(a["fixed"]) if a["fixed"] is not None else None  # type: ignore[arg-type]
+        new = mremap.do_mremap(k, task, addr(), length("old"), length("new"),
+                               bool(a["maymove"]), fixed)
+        run.names[str(a["bind"])] = new
+    elif kind == "fork":
+        process.do_fork(k, task, str(a["child"]))
+    elif kind == "exit":
+        process.do_exit(k, task)
+    elif kind == "pin":
+        pins = gup.pin_user_pages(k, task, addr(), length(), pin=not a["get"],
+                                  longterm=bool(a["longterm"]), write=not a["ro"],
+                                  name=str(a["bind"]))
+        run.pins[str(a["bind"])] = pins
+        run.names[str(a["bind"])] = addr()
+    elif kind == "proc":
+        from foliosim.procfs import render_proc
+
+        target = k.tasks[str(a["of"])]
+        result.output.append(render_proc(k, target, str(a["file"])))
+
+
+def global_statement(run: Run, stmt: Stmt) -> None:
+    k = run.kernel
+    a = stmt.args
+    if stmt.kind == "unpin":
+        pins = run.pins.get(str(a["name"]))
+        if pins is None:
+            raise SyscallError("EINVAL", "pin failed, nothing to unpin")
+        gup.unpin(k, pins)
+    elif stmt.kind == "shrink":
+        deferred_split_scan(k)
+    elif stmt.kind in ("truncate", "punch"):
+        file = k.files[str(a["file"])]
+        if file.kind == "fsdax":
+            from foliosim.kernel.fsdax import fsdax_punch, fsdax_truncate
+
+            if stmt.kind == "truncate":
+                fsdax_truncate(k, file, a["size"].value)  # type: ignore[union-attr]
+            else:
+                fsdax_punch(k, file, a["off"].value, a["len"].value)  # type: ignore[union-attr]
+        elif stmt.kind == "truncate":
+            truncate.do_truncate(k, file, a["size"].value)  # type: ignore[union-attr]
+        else:
+            truncate.do_punch_hole(k, file, a["off"].value, a["len"].value)  # type: ignore[union-attr]
+
+
+def touch(k: Kernel, task: Task, start: int, length: int, write: bool) -> str | None:
+    """Touch every page of [start, start+length) like a program would: fault where the page
+    is not mapped (or not writable for a write); a write leaves non-zero data in each page.
+    Returns the signal that stopped it, if any."""
+    from foliosim.kernel.mm import VM
+
+    page = k.page_size
+    addr = start & ~(page - 1)
+    end = start + max(length, 1)
+    mm = task.mm
+    while addr < end:
+        vma = mm.find_vma(addr)
+        if vma is None:
+            return "SIGSEGV"
+        if write and not vma.flags & VM.WRITE or not vma.flags & (VM.READ | VM.WRITE):
+            return "SIGSEGV"
+        m = k.lookup(mm, addr)
+        if m is None or (write and not m.write):
+            signal = memory.handle_mm_fault(k, task, vma, addr, write)
+            if signal:
+                return signal
+            m = k.lookup(mm, addr)
+            if m is None:
+                return "SIGBUS"
+        # Skip ahead over a whole present huge leaf in one step.
+        step = page
+        if m.level != "pte" and (not write or m.write):
+            leaf_pages = m.folio.nr_pages if m.level in ("pmd", "pud") and not m.special else None
+            size = k.geometry.pud_size if m.level == "pud" else k.geometry.pmd_size
+            leaf_end = (addr & ~(size - 1)) + size
+            if write and not m.special and leaf_pages and not m.folio.zone_device:
+                first = m.page
+                last = min(leaf_end, end + page - 1) - (addr & ~(size - 1))
+                m.folio.written_array()[first : (last >> k.page_shift)] = True
+            step = max(min(leaf_end, (end + page - 1) & ~(page - 1)) - addr, page)
+            if m.leaf is not None:
+                m.leaf.young = True
+                m.leaf.dirty = m.leaf.dirty or write
+        else:
+            if write and not m.special and not m.folio.zone_device:
+                m.folio.written_array()[m.page] = True
+            if m.table is not None:
+                m.table.bits[m.slot] |= 4 | (2 if write else 0)
+        addr += step
+    return None

@@ -1,0 +1,100 @@
+"""Semantic variants of the kernel: small policy objects, not forks of the model.
+
+- ``mainline``: Linux 7.1.8 (the merged "fs/dax: Fix ZONE_DEVICE page reference counts"
+  series, vmf_insert_folio_pmd/pud, rmap with PGTABLE_LEVEL_PUD, and the May 2026 fix
+  40990c87a26e that updates the file PUD counter before folio_put()).
+- ``seed``: v1 of the series (June 2024) with patch 07 "huge_memory: Allow mappings of PUD
+  sized pages": dax_insert_pfn_pud, PUD rmap through the PMD branch (so NR_FILE_PMDMAPPED
+  moves by HPAGE_PUD_NR), BUG_ON for anonymous PUD zap, folio_put before the RSS update in
+  __split_huge_pud_locked, and the build guard that broke x86_64 allnoconfig. Its PMD/PTE
+  paths are modelled as mainline's (the series' v1 dax_insert_pfn_pmd behaves the same for
+  what a scenario can observe).
+- ``legacy``: before the series (6.1): DAX mapped by vmf_insert_pfn_pmd/pud and
+  vmf_insert_mixed as special devmap entries: no reference, mapcount or RSS for the mapping;
+  idle ZONE_DEVICE pages sit at refcount 1.
+
+Mutants (deliberately broken variants for the fuzzer) are Variants too: see mutants.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    description: str
+    # DAX mappings hold a folio reference, an rmap entry and RSS (seed, mainline).
+    dax_refcounted: bool = True
+    # Idle refcount of fs-dax folios (0 after the series, 1 before it).
+    fsdax_idle_refcount: int = 0
+    # A PUD rmap goes through the PMD branch and so feeds NR_FILE_PMDMAPPED (seed).
+    pud_counts_pmdmapped: bool = False
+    # __split_huge_pud_locked drops the folio reference before reading it for the RSS
+    # counter (seed; fixed upstream by 40990c87a26e).
+    split_pud_put_before_rss: bool = False
+    # zap_huge_pud on an anonymous VMA is BUG_ON (seed) rather than VM_WARN_ON_ONCE.
+    anon_pud_zap_is_bug: bool = False
+    # ---- mutant switches (all False in real variants) ----
+    pud_rmap_as_pages: bool = False
+    deferred_split_never_queues: bool = False
+    cow_keeps_exclusive: bool = False
+    split_pud_forgets_put: bool = False
+    zap_pud_forgets_rss: bool = False
+    fork_skips_pmd_dup: bool = False
+    dax_zero_pmd_withdraws_deposit: bool = False
+    mremap_pud_drops_rss: bool = False
+    pin_takes_one_ref: bool = False
+    truncate_ignores_pins: bool = False
+    zap_pmd_forgets_rss: bool = False
+    split_pmd_forgets_ref: bool = False
+    zap_pte_forgets_rmap: bool = False
+    fault_pud_forgets_ref: bool = False
+    unpin_forgets_pincount: bool = False
+    deferred_split_skips_unqueue: bool = False
+    split_pud_forgets_rmap: bool = False
+    dax_pmd_forgets_rss: bool = False
+    fork_pte_skips_ref: bool = False
+    munmap_keeps_deposit: bool = False
+    cow_forgets_old_rmap: bool = False
+    exit_skips_zap: bool = False
+    collapse_forgets_old_ref: bool = False
+    split_page_forgets_tail_ref: bool = False
+    shrinker_splits_mapped_whole: bool = False
+    zero_pmd_takes_ref: bool = False
+    dax_pte_double_ref: bool = False
+
+    def mutate(self, name: str, description: str, **switches: bool) -> Variant:
+        return replace(self, name=name, description=description, **switches)
+
+
+MAINLINE = Variant(
+    "mainline",
+    "Linux 7.1.8: DAX folios refcounted and rmapped; vmf_insert_folio_pmd/pud",
+)
+SEED = Variant(
+    "seed",
+    "v1 patch 07 (June 2024): dax_insert_pfn_pud, PUD rmap via the PMD branch",
+    pud_counts_pmdmapped=True,
+    split_pud_put_before_rss=True,
+    anon_pud_zap_is_bug=True,
+)
+LEGACY = Variant(
+    "legacy",
+    "before the series (6.1): special devmap entries, no ref/mapcount/RSS for DAX",
+    dax_refcounted=False,
+    fsdax_idle_refcount=1,
+)
+
+VARIANTS: dict[str, Variant] = {v.name: v for v in (LEGACY, SEED, MAINLINE)}
+
+
+def get_variant(name: str) -> Variant:
+    if name in VARIANTS:
+        return VARIANTS[name]
+    from foliosim.mutants import MUTANTS
+
+    if name in MUTANTS:
+        return MUTANTS[name]
+    raise KeyError(name)
