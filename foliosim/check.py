@@ -203,7 +203,8 @@ def _add_stats(k: Kernel, f: Folio, t: Tally, stats: dict[str, int]) -> None:
     if f.zero or f.freed:
         return
     pages_mapped = 0
-    if t.pmds + t.puds:
+    if t.pmds + t.puds or (f.large and not k.config.page_mapcount and t.pte_total):
+        # Without per-page mapcounts a large folio counts whole while mapped at all.
         pages_mapped = f.nr_pages
     elif t.ptes is not None:
         pages_mapped = int((t.ptes > 0).sum())

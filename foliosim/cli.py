@@ -20,8 +20,8 @@ app = typer.Typer(
     no_args_is_help=True,
     help="An executable model of Linux huge-page mapping and folio accounting (Linux 7.1.8).",
 )
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+console = Console(highlight=False, soft_wrap=True)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 VariantOpt = Annotated[
@@ -87,7 +87,7 @@ def print_run(run: Run, trace: bool) -> None:
 
 
 def fail_input(exc: ScenarioError) -> None:
-    err_console.print(str(exc), markup=False)
+    sys.stderr.write(f"{exc}\n")
     raise typer.Exit(2)
 
 

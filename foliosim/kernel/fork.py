@@ -13,7 +13,15 @@ import numpy as np
 
 from foliosim.kernel import rmap
 from foliosim.kernel.mm import MM, MM_ANONPAGES, VM, VMA, AnonVma
-from foliosim.kernel.pgtable import PTE_MARKER_GUARD, PTE_SPECIAL, PTE_WRITE, PTE_YOUNG, Leaf
+from foliosim.kernel.pgtable import (
+    CLEAR_WRITE,
+    CLEAR_WRITE_YOUNG,
+    CLEAR_YOUNG,
+    PTE_MARKER_GUARD,
+    PTE_SPECIAL,
+    PTE_WRITE,
+    Leaf,
+)
 from foliosim.kernel.physmem import Folio
 
 if TYPE_CHECKING:
@@ -165,9 +173,9 @@ def _copy_run(
     bits = stable.bits[slot : slot + nr].copy()
     if bits[0] & PTE_SPECIAL:
         if cow:
-            stable.bits[slot : slot + nr] &= ~PTE_WRITE & 0xFF
+            stable.bits[slot : slot + nr] &= CLEAR_WRITE
         dtable.set_run(slot, folio, page, nr, 0)
-        dtable.bits[slot : slot + nr] = (bits & ~(PTE_WRITE | PTE_YOUNG) & 0xFF) if cow else bits & ~PTE_YOUNG & 0xFF
+        dtable.bits[slot : slot + nr] = bits & (CLEAR_WRITE_YOUNG if cow else CLEAR_YOUNG)
         dtable.index[slot : slot + nr] = stable.index[slot : slot + nr]
         return
     if folio.anon:
@@ -183,10 +191,10 @@ def _copy_run(
         k.folio_get(folio, nr)
     dst.mm.rss[mm_counter(folio)] += nr
     if cow:
-        stable.bits[slot : slot + nr] &= ~PTE_WRITE & 0xFF
-        bits &= ~PTE_WRITE & 0xFF
+        stable.bits[slot : slot + nr] &= CLEAR_WRITE
+        bits &= CLEAR_WRITE
     dtable.set_run(slot, folio, page, nr, 0)
-    dtable.bits[slot : slot + nr] = bits & ~PTE_YOUNG & 0xFF
+    dtable.bits[slot : slot + nr] = bits & CLEAR_YOUNG
 
 
 def _copy_present_page(

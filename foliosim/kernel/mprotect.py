@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from foliosim.kernel import huge_memory
 from foliosim.kernel.mm import VM
 from foliosim.kernel.mmap import SyscallError, page_align, prot_flags, split_vma_at
-from foliosim.kernel.pgtable import PTE_SPECIAL, PTE_WRITE
+from foliosim.kernel.pgtable import CLEAR_WRITE, PTE_SPECIAL, PTE_WRITE
 
 if TYPE_CHECKING:
     from foliosim.kernel.kernel import Kernel, Task
@@ -98,7 +98,7 @@ def change_protection(k: Kernel, vma: VMA, old: VM) -> None:
             if folio is None:
                 continue
             if removing_write:
-                table.bits[slot] &= ~PTE_WRITE & 0xFF
+                table.bits[slot] &= CLEAR_WRITE
             elif adding_write and not table.bits[slot] & PTE_SPECIAL:
                 if folio.anon and folio.page_exclusive(int(table.index[slot])):
                     table.bits[slot] |= PTE_WRITE

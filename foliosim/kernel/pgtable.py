@@ -27,6 +27,10 @@ PTE_YOUNG = 4
 PTE_SPECIAL = 8
 PTE_MARKER_GUARD = 16  # a PTE_MARKER_GUARD swap-style marker (MADV_GUARD_INSTALL)
 PTE_SOFT_DIRTY = 32
+# Masks that clear one bit, as uint8-safe values for NumPy arrays.
+CLEAR_WRITE = 0xFF ^ PTE_WRITE
+CLEAR_YOUNG = 0xFF ^ PTE_YOUNG
+CLEAR_WRITE_YOUNG = 0xFF ^ (PTE_WRITE | PTE_YOUNG)
 
 
 @dataclass

@@ -243,6 +243,13 @@ def parse_kv(p: LineParser, allowed: dict[str, str]) -> dict[str, tuple[str, int
         if "=" not in tok.text:
             raise p.error(f"expected KEY=VALUE, found '{tok.text}'", tok.col)
         key, _, value = tok.text.partition("=")
+        # The tokenizer splits at ':' and ','; a value such as mthp=64K:always,32K:never is
+        # glued back from the tokens that follow without whitespace in between.
+        end = tok.col + len(tok.text)
+        while (nxt := p.peek()) is not None and not nxt.quoted and nxt.col == end:
+            p.next("KEY=VALUE")
+            value += nxt.text
+            end = nxt.col + len(nxt.text)
         if key not in allowed and not key.startswith("CONFIG_"):
             raise p.error(f"unknown key '{key}'", tok.col)
         if key in out:

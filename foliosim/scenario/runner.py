@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 from foliosim.check import Violation, check_all
@@ -48,6 +49,7 @@ class Run:
     results: list[StmtResult] = field(default_factory=list)
     failed: bool = False
     violations: list[Violation] = field(default_factory=list)
+    observations: list[dict[str, Any]] = field(default_factory=list)
 
     def address(self, addr: Addr | None) -> int | None:
         if addr is None:
@@ -150,7 +152,8 @@ def build_kernel(path: str, stmts: list[Stmt], variant_override: str | None) -> 
 
 
 def execute(path: str, stmts: list[Stmt], *, variant: str | None = None,
-            check_each: bool = False, trace: bool = False) -> Run:
+            check_each: bool = False, trace: bool = False,
+            observe: Callable[[Run], dict[str, Any]] | None = None) -> Run:
     kernel = build_kernel(path, stmts, variant)
     run = Run(path, kernel)
     kernel.pinsets = run.pins  # type: ignore[attr-defined]
@@ -176,6 +179,8 @@ def execute(path: str, stmts: list[Stmt], *, variant: str | None = None,
         if check_each and stmt.kind != "check":
             _run_check(run, result)
         run.results.append(result)
+        if observe is not None:
+            run.observations.append(observe(run))
     return run
 
 

@@ -341,6 +341,9 @@ def static_check(path: str, stmts: list[Stmt]) -> None:
     files: set[str] = set()
     pins: set[str] = set()
     started = False
+    # Queries may name any task the file creates (none before it exists or after it exits).
+    all_tasks = {str(s.args.get("child") or s.args.get("name")) for s in stmts
+                 if s.kind in ("task", "fork")}
 
     def err(stmt: Stmt, msg: str, col: int | None = None) -> ScenarioError:
         return ScenarioError(path, stmt.line, col or stmt.col, msg)
@@ -360,7 +363,7 @@ def static_check(path: str, stmts: list[Stmt]) -> None:
             if state == "exited":
                 raise err(stmt, f"task '{stmt.task}' has exited")
         for value in stmt.args.values():
-            _check_refs(path, stmt, value, bound, tasks, devices)
+            _check_refs(path, stmt, value, bound, all_tasks, devices)
         name = stmt.args.get("name")
         if stmt.kind == "task" or stmt.kind == "fork":
             new = str(stmt.args.get("child") or name)
@@ -398,7 +401,7 @@ def static_check(path: str, stmts: list[Stmt]) -> None:
 
 
 def _check_refs(
-    path: str, stmt: Stmt, value: object, bound: set[str], tasks: dict[str, str],
+    path: str, stmt: Stmt, value: object, bound: set[str], tasks: set[str],
     devices: set[str],
 ) -> None:
     if isinstance(value, Addr) and value.name is not None and value.name not in bound:
