@@ -108,8 +108,8 @@ def check_all(k: Kernel) -> list[Violation]:
                 continue
             slots = np.flatnonzero(table.folios != None)  # noqa: E711
             base = pmd_no << geo.pmd_shift
-            for slot in slots:
-                slot = int(slot)
+            for raw_slot in slots:
+                slot = int(raw_slot)
                 if table.bits[slot] & 8:  # special
                     continue
                 f = table.folios[slot]
@@ -132,7 +132,7 @@ def check_all(k: Kernel) -> list[Violation]:
         for f in file.cache.values():
             folios.setdefault(id(f), f)
     extra = _extra_refs(k)
-    stats = defaultdict(int)
+    stats: dict[str, int] = defaultdict(int)
     for key, f in folios.items():
         t = tallies.get(key, Tally())
         out.extend(_check_folio(k, f, t, extra.get(key, 0)))

@@ -84,7 +84,7 @@ def split_folio(k: Kernel, folio: Folio) -> bool:
         assert ref.table is not None
         if not page.page_written(0):
             ref.table.set(ref.slot, k.physmem.zero_folio, 0, PTE_SPECIAL | (bits & PTE_YOUNG))
-            ref.mm.rss[MM_ANONPAGES] -= 1  # type: ignore[attr-defined]
+            ref.mm.rss[MM_ANONPAGES] -= 1
             continue
         page.refcount += 1
         rmap.folio_add_anon_rmap_ptes(k, page, 0, 1, vma, exclusive)

@@ -97,8 +97,8 @@ def mappings_of(mms: list[MM], folio: Folio, geo_pmd_shift: int, geo_pud_shift: 
         for pmd_no, table in pgt.pte_tables.items():
             if not table.present:
                 continue
-            for slot in np.flatnonzero(table.folios == folio):
-                slot = int(slot)
+            for raw_slot in np.flatnonzero(table.folios == folio):
+                slot = int(raw_slot)
                 addr = (pmd_no << geo_pmd_shift) + (slot << page_shift)
                 out.append(MappingRef(mm, addr, "pte", int(table.index[slot]), 1, None, table, slot))
     return out

@@ -9,6 +9,7 @@ Folio references are dropped after the rmap updates, as tlb_finish_mmu frees the
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -72,7 +73,7 @@ def unmap_page_range(
         k.folio_put(folio, n)
 
 
-def _keys_in(table: dict[int, object], lo: int, hi: int) -> list[int]:
+def _keys_in(table: Mapping[int, object], lo: int, hi: int) -> list[int]:
     if hi - lo < len(table):
         return [n for n in range(lo, hi + 1) if n in table]
     return sorted(n for n in table if lo <= n <= hi)

@@ -118,6 +118,25 @@ class Stmt:
     args: dict[str, object] = field(default_factory=dict)
     source: str = ""
 
+    def num(self, key: str) -> int:
+        """An argument that is a number (a Num as written, or a plain int)."""
+        value = self.args[key]
+        if isinstance(value, Num):
+            return value.value
+        if isinstance(value, int):
+            return value
+        raise TypeError(f"{key} is not a number")
+
+    def pair(self, key: str) -> tuple[str, int]:
+        """A (text, column) argument such as fs= or fd=."""
+        value = self.args[key]
+        assert isinstance(value, tuple)
+        return str(value[0]), int(value[1])
+
+    def addr(self, key: str) -> Addr | None:
+        value = self.args.get(key)
+        return value if isinstance(value, Addr) else None
+
 
 def tokenize(path: str, lineno: int, text: str) -> list[Tok]:
     """Split a line into tokens; `#` starts a comment outside quotes."""

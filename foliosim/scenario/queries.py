@@ -33,7 +33,7 @@ def evaluate(run: Run, q: Query) -> QValue:
         device = run.devices.get(q.field)
         if device is None:
             return None
-        return device.free_pages()
+        return int(device.free_pages())
     assert q.task is not None
     task = k.tasks.get(q.task)
     if q.kind == "var":

@@ -198,7 +198,9 @@ def _run_check(run: Run, result: StmtResult) -> None:
         run.failed = True
         run.violations.extend(violations)
         result.ok = False
-        result.output.extend(v.render() for v in violations)
+        result.output.extend(
+            f"{run.path}:{result.line}: after `{result.source}`: {v.render()}" for v in violations
+        )
 
 
 def run_statement(run: Run, stmt: Stmt, result: StmtResult) -> None:
@@ -229,7 +231,7 @@ def run_statement(run: Run, stmt: Stmt, result: StmtResult) -> None:
     elif stmt.kind == "fsdax":
         from foliosim.kernel.fsdax import make_fsdax
 
-        _setup(run, stmt, lambda: make_fsdax(k, str(args["name"]), int(args["size"])))  # type: ignore[call-overload]
+        _setup(run, stmt, lambda: make_fsdax(k, str(args["name"]), stmt.num("size")))
     elif stmt.kind == "file":
         _setup_file(run, stmt)
     elif stmt.kind == "check":
@@ -252,9 +254,8 @@ def _setup_devdax(run: Run, stmt: Stmt) -> None:
     from foliosim.kernel.dax import make_devdax
 
     k = run.kernel
-    size = int(stmt.args["size"])  # type: ignore[call-overload]
-    align = stmt.args["align"]
-    align_value = int(align) if align is not None else k.geometry.pmd_size  # type: ignore[call-overload]
+    size = stmt.num("size")
+    align_value = stmt.num("align") if stmt.args["align"] is not None else k.geometry.pmd_size
     allowed = (k.page_size, k.geometry.pmd_size, k.geometry.pud_size)
     if align_value not in allowed:
         raise ScenarioError(run.path, stmt.line, stmt.col, f"align must be one of {allowed}")
@@ -274,8 +275,8 @@ def _setup_devdax(run: Run, stmt: Stmt) -> None:
 def _setup_file(run: Run, stmt: Stmt) -> None:
     k = run.kernel
     name = str(stmt.args["name"])
-    fs, _col = stmt.args["fs"]  # type: ignore[misc]
-    size = int(stmt.args["size"])  # type: ignore[call-overload]
+    fs, _col = stmt.pair("fs")
+    size = stmt.num("size")
     if fs in ("pagecache", "shmem"):
         file = BackingFile(name=name, size=size, kind=fs, huge=str(stmt.args["huge"]),
                            page_mkwrite=fs == "pagecache")
@@ -303,7 +304,7 @@ def task_statement(run: Run, task: Task, stmt: Stmt, result: StmtResult) -> None
     kind = stmt.kind
 
     def addr(key: str = "addr") -> int:
-        value = run.address(a[key])  # type: ignore[arg-type]
+        value = run.address(stmt.addr(key))
         if value is None:
             raise SyscallError("EFAULT", "name is unbound (its mmap failed)")
         return value
@@ -314,15 +315,15 @@ def task_statement(run: Run, task: Task, stmt: Stmt, result: StmtResult) -> None
         return n.value
 
     if kind == "mmap":
-        fd = a["fd"]
         file = None
-        if fd is not None:
-            fname = fd[0]  # type: ignore[index]
+        if a["fd"] is not None:
+            fname, _ = stmt.pair("fd")
             file = run.devices.get(fname) or k.files.get(fname)
         shared = a["shared"] if a["shared"] is not None else file is not None
-        at = run.address(a["at"]) if a["at"] is not None else None  # type: ignore[arg-type]
+        at = run.address(stmt.addr("at")) if a["at"] is not None else None
+        align = stmt.num("align") if a["align"] is not None else None
         address = mmap.do_mmap(k, task, length(), str(a["prot"]), bool(shared), file,
-                               int(a["off"]), at, a["align"])  # type: ignore[arg-type]
+                               stmt.num("off"), at, align)
         run.names[str(a["bind"])] = address
         if a["populate"]:
             touch(k, task, address, length(), write=bool("w" in str(a["prot"])))
@@ -338,7 +339,7 @@ def task_statement(run: Run, task: Task, stmt: Stmt, result: StmtResult) -> None
     elif kind == "mprotect":
         mprotect.do_mprotect(k, task, addr(), length(), str(a["prot"]))
     elif kind == "mremap":
-        fixed = run.address(a["fixed"]) if a["fixed"] is not None else None  # type: ignore[arg-type]
+        fixed = run.address(stmt.addr("fixed")) if a["fixed"] is not None else None
         new = mremap.do_mremap(k, task, addr(), length("old"), length("new"),
                                bool(a["maymove"]), fixed)
         run.names[str(a["bind"])] = new
@@ -375,13 +376,13 @@ def global_statement(run: Run, stmt: Stmt) -> None:
             from foliosim.kernel.fsdax import fsdax_punch, fsdax_truncate
 
             if stmt.kind == "truncate":
-                fsdax_truncate(k, file, a["size"].value)  # type: ignore[union-attr]
+                fsdax_truncate(k, file, stmt.num("size"))
             else:
-                fsdax_punch(k, file, a["off"].value, a["len"].value)  # type: ignore[union-attr]
+                fsdax_punch(k, file, stmt.num("off"), stmt.num("len"))
         elif stmt.kind == "truncate":
-            truncate.do_truncate(k, file, a["size"].value)  # type: ignore[union-attr]
+            truncate.do_truncate(k, file, stmt.num("size"))
         else:
-            truncate.do_punch_hole(k, file, a["off"].value, a["len"].value)  # type: ignore[union-attr]
+            truncate.do_punch_hole(k, file, stmt.num("off"), stmt.num("len"))
 
 
 def touch(k: Kernel, task: Task, start: int, length: int, write: bool) -> str | None:

@@ -65,11 +65,11 @@ def parse_statement(p: LineParser) -> Stmt:
     elif kind in ("devdax", "fsdax"):
         stmt.args["name"] = p.name("a device name").text
         allowed = {"size": "SIZE", "align": "4K|2M|1G"} if kind == "devdax" else {"size": "SIZE"}
-        kv = parse_kv(p, allowed)
-        _require(p, kv, "size", stmt)
-        stmt.args["size"] = _kv_number(p, kv, "size")
+        dev_kv = parse_kv(p, allowed)
+        _require(p, dev_kv, "size", stmt)
+        stmt.args["size"] = _kv_number(p, dev_kv, "size")
         if kind == "devdax":
-            stmt.args["align"] = _kv_number(p, kv, "align") if "align" in kv else None
+            stmt.args["align"] = _kv_number(p, dev_kv, "align") if "align" in dev_kv else None
     elif kind == "file":
         stmt.args["name"] = p.name("a file name").text
         kv: dict[str, tuple[str, int]] = {}
@@ -379,14 +379,14 @@ def static_check(path: str, stmts: list[Stmt]) -> None:
         elif stmt.kind == "file":
             if name in devices or name in files:
                 raise err(stmt, f"'{name}' is already defined")
-            fs, col = stmt.args["fs"]  # type: ignore[misc]
+            fs, col = stmt.pair("fs")
             if fs not in ("pagecache", "shmem") and fs not in devices:
                 raise err(stmt, f"unknown filesystem '{fs}' (pagecache, shmem or an fsdax name)", col)
             files.add(str(name))
         elif stmt.kind in ("truncate", "punch") and stmt.args["file"] not in files:
             raise err(stmt, f"unknown file '{stmt.args['file']}'")
         elif stmt.kind == "mmap" and stmt.args.get("fd") is not None:
-            fd, col = stmt.args["fd"]  # type: ignore[misc]
+            fd, col = stmt.pair("fd")
             if fd not in files and fd not in devices:
                 raise err(stmt, f"unknown file or device '{fd}'", col)
         elif stmt.kind == "unpin" and name not in pins:
