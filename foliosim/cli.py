@@ -188,6 +188,32 @@ def tour(
     raise typer.Exit(code)
 
 
+@app.command()
+def bench(
+    quick: Annotated[bool, typer.Option("--quick", help="Smaller sizes (seconds, not minutes).")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Time model workloads in one run; peak memory and ratios against the first row."""
+    from rich.progress import Progress
+
+    from foliosim.bench import run_bench
+
+    with Progress(console=err_console, transient=True, disable=json_out) as progress:
+        task = progress.add_task("bench", total=None)
+        results = run_bench(quick, lambda name: progress.update(task, description=name))
+    if json_out:
+        print(json.dumps([r.__dict__ for r in results], indent=2))
+        return
+    table = Table(title="foliosim bench (one run; compare ratios, not absolute times)")
+    table.add_column("workload")
+    table.add_column("size")
+    table.add_column("seconds", justify="right")
+    table.add_column("peak MiB", justify="right")
+    for r in results:
+        table.add_row(r.name, r.detail, f"{r.seconds:.4f}", f"{r.peak_bytes / 2**20:.1f}")
+    console.print(table)
+
+
 def main() -> None:
     try:
         app()
