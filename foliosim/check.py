@@ -106,21 +106,20 @@ def check_all(k: Kernel) -> list[Violation]:
         for pmd_no, table in mm.pgtables.pte_tables.items():
             if not table.present:
                 continue
-            slots = np.flatnonzero(table.folios != None)  # noqa: E711
             base = pmd_no << geo.pmd_shift
-            for raw_slot in slots:
-                slot = int(raw_slot)
-                if table.bits[slot] & 8:  # special
+            for slot, nr, f, page, special in table.runs():
+                if special:
                     continue
-                f = table.folios[slot]
                 folios[id(f)] = f
                 t = tallies[id(f)]
                 t.mms.add(mm.id)
-                t.pte_total += 1
-                t.per_page(f)[int(table.index[slot])] += 1
-                rss[_rss_index(f)] += 1
-                if mm.find_vma(base + (slot << k.page_shift)) is None:
-                    out.append(Violation("leaf-in-vma", f"PTE at {base + (slot << k.page_shift):#x} outside a VMA"))
+                t.pte_total += nr
+                t.per_page(f)[page : page + nr] += 1
+                rss[_rss_index(f)] += nr
+                first_addr = base + (slot << k.page_shift)
+                last_addr = first_addr + ((nr - 1) << k.page_shift)
+                if mm.find_vma(first_addr) is None or mm.find_vma(last_addr) is None:
+                    out.append(Violation("leaf-in-vma", f"PTEs at {first_addr:#x} outside a VMA"))
         for i, name in enumerate(("MM_FILEPAGES", "MM_ANONPAGES", "MM_SWAPENTS", "MM_SHMEMPAGES")):
             if i != 2 and mm.rss[i] != rss[i]:
                 out.append(

@@ -83,6 +83,32 @@ class PteTable:
         self.index[i] = 0
         self.bits[i] = 0
 
+    def runs(self, first: int = 0, last: int | None = None) -> list[tuple[int, int, Folio, int, bool]]:
+        """Runs of present entries in [first, last): consecutive slots mapping consecutive
+        pages of one folio with the same special bit, as folio_pte_batch() groups them.
+        Each run is (first slot, length, folio, first page index, special)."""
+        end = self.folios.shape[0] if last is None else last
+        window = self.folios[first:end]
+        present = np.flatnonzero(window != None)  # noqa: E711 (elementwise on an object array)
+        if present.size == 0:
+            return []
+        objs = window[present]
+        idx = self.index[first:end][present]
+        special = (self.bits[first:end][present] & PTE_SPECIAL) != 0
+        brk = np.ones(present.size, dtype=np.bool_)
+        brk[1:] = (
+            (np.diff(present) != 1)
+            | (objs[1:] != objs[:-1])
+            | (np.diff(idx) != 1)
+            | (special[1:] != special[:-1])
+        )
+        starts = np.flatnonzero(brk)
+        ends = np.append(starts[1:], present.size)
+        return [
+            (int(present[s]) + first, int(e - s), objs[s], int(idx[s]), bool(special[s]))
+            for s, e in zip(starts, ends, strict=True)
+        ]
+
     def clear_range(self, start: int, end: int) -> None:
         window = self.folios[start:end]
         self.present -= int(sum(1 for f in window if f is not None))
