@@ -131,7 +131,12 @@ def do_mmap(
         from foliosim.kernel.files import BackingFile as _File
 
         # MAP_SHARED|MAP_ANONYMOUS is a shmem object (shmem_zero_setup) of the mapping's size.
-        file = _File(name=f"dev/zero#{len(k.files)}", size=length, kind="shmem", page_mkwrite=False)
+        seq = len(k.files)
+        while f"dev/zero#{seq}" in k.files:
+            seq += 1
+        file = _File(name=f"dev/zero#{seq}", size=length, kind="shmem", page_mkwrite=False)
+        file.anon_shared = True  # type: ignore[attr-defined]
+        k.add_file(file)  # its folios are page cache (NR_FILE_PAGES, NR_SHMEM) like any tmpfs file
         off = 0
     if at is None:
         addr = get_unmapped_area(k, task, length, file, off, shared, align)
@@ -193,3 +198,6 @@ def do_munmap(k: Kernel, task: Task, start: int, length: int) -> None:
     for vma in mm.vmas_in(start, end):
         unmap_page_range(k, vma, vma.start, vma.end, drop_markers=True)
         mm.remove_vma(vma)
+    from foliosim.kernel.truncate import release_unused_anon_shmem
+
+    release_unused_anon_shmem(k)

@@ -82,6 +82,12 @@ def move_vma(
     if fixed is not None:
         do_munmap(k, task, fixed, new_len)
         new_addr = fixed
+        # mremap_to() (mm/mremap.c, 7.1.8): unmapping the destination may split or merge-break
+        # the source VMA, so it is looked up again (vma_lookup) before the move.
+        found = mm.find_vma(addr)
+        if found is None:
+            raise SyscallError("EFAULT", "source VMA gone after unmapping the destination")
+        vma = found
     else:
         file_off = pgoff << k.page_shift if vma.file is not None else 0
         new_addr = get_unmapped_area(k, task, new_len, vma.file, file_off, vma.shared, None)
@@ -105,17 +111,7 @@ def move_page_tables(k: Kernel, old: VMA, old_addr: int, new: VMA, new_addr: int
     delta = new_addr - old_addr
     # PUD leaves: get_old_pud() clears them as bad before the trans-huge check (x86-64).
     for pud_no in [n for n in pgt.pud_leaves if old_addr <= (n << geo.pud_shift) < end]:
-        leaf = pgt.pud_leaves.pop(pud_no)
-        k.reports.add(
-            "ERROR",
-            "get_old_pud",
-            f"mm/mremap.c: bad pud {leaf.folio.pfn << k.page_shift:016x}"
-            f"(pfn {leaf.folio.pfn:#x}) cleared by pud_none_or_clear_bad",
-        )
-        if k.variant.mremap_pud_drops_rss and not leaf.special:
-            from foliosim.kernel.memory import mm_counter_file
-
-            old.mm.rss[mm_counter_file(leaf.folio)] -= k.config.pud_nr
+        huge_memory.pud_clear_bad(k, old, pud_no, "get_old_pud")
     # PMD leaves: move whole ones when both ends are aligned, else split (anon -> PTEs).
     for pmd_no in [n for n in pgt.pmd_leaves if old_addr <= (n << geo.pmd_shift) < end]:
         lo = pmd_no << geo.pmd_shift

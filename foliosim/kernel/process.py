@@ -36,6 +36,9 @@ def do_exit(k: Kernel, task: Task) -> None:
         k.physmem.put_huge_zero_folio()
         mm.huge_zero_folio = False
     task.exited = True
+    from foliosim.kernel.truncate import release_unused_anon_shmem
+
+    release_unused_anon_shmem(k)
     check_mm(k, task)
 
 

@@ -74,3 +74,14 @@ def do_punch_hole(k: Kernel, file: BackingFile, off: int, length: int) -> None:
         return
     unmap_mapping_range(k, file, first, last, even_cows=False)
     truncate_inode_pages_range(k, file, first, last)
+
+
+def release_unused_anon_shmem(k: Kernel) -> None:
+    """The last fput() of a MAP_SHARED|MAP_ANONYMOUS object (shmem_zero_setup's unlinked tmpfs
+    file) evicts its inode: shmem_evict_inode() (mm/shmem.c, 7.1.8) truncates the whole page
+    cache. Run after a VMA goes away (munmap, exit); left out: other holders of the file."""
+    live = {id(vma.file) for mm in k.live_mms() for vma in mm.vmas if vma.file is not None}
+    for name, file in list(k.files.items()):
+        if getattr(file, "anon_shared", False) and id(file) not in live:
+            truncate_inode_pages_range(k, file, 0, None)
+            del k.files[name]

@@ -286,6 +286,11 @@ def parse_value(p: LineParser) -> Value:
     if NUMBER_RE.match(tok.text):
         p.next("a value")
         return parse_number(p, tok.text, tok.col, "a value")
+    if tok.text.startswith("-") and NUMBER_RE.match(tok.text[1:]):
+        # A negative integer, e.g. folio_nr_pages_mapped() == -1 under NO_PAGE_MAPCOUNT.
+        p.next("a value")
+        num = parse_number(p, tok.text[1:], tok.col + 1, "a value")
+        return Num(-num.value, num.sized, tok.col)
     nxt = p.toks[p.pos + 1] if p.pos + 1 < len(p.toks) else None
     if "." in tok.text or (nxt is not None and nxt.text == "(") or tok.text in ("errno",):
         return parse_query(p)
