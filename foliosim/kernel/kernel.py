@@ -80,10 +80,15 @@ class Kernel:
 
     # ---- tasks -----------------------------------------------------------------------------
     def mmap_base(self) -> int:
-        """mmap_base() of arch/x86/mm/mmap.c without randomisation: TASK_SIZE minus a gap of
-        the stack rlimit (8 MiB) plus the stack guard gap, clamped to at least 128 MiB."""
-        gap = max(8 << 20, 128 << 20)
-        return (self.geometry.task_size - gap) & ~(self.page_size - 1)
+        """mmap_base() of arch/x86/mm/mmap.c without randomisation: the default mmap window
+        (DEFAULT_MAP_WINDOW, below 47 bits on 4- and 5-level x86-64 alike) minus a gap of the
+        stack rlimit (8 MiB) plus the stack guard gap (1 MiB), clamped to at least 128 MiB:
+        0x7ffff7fff000."""
+        gap = max((8 << 20) + (1 << 20), 128 << 20)
+        window = self.geometry.task_size
+        if self.geometry.arch == "x86_64":
+            window = (1 << 47) - self.page_size
+        return (window - gap) & ~(self.page_size - 1)
 
     def new_mm(self) -> MM:
         return MM(self.geometry.ptrs_per_pte, self.mmap_base())
