@@ -36,6 +36,13 @@ class Variant:
     split_pud_put_before_rss: bool = False
     # zap_huge_pud on an anonymous VMA is BUG_ON (seed) rather than VM_WARN_ON_ONCE.
     anon_pud_zap_is_bug: bool = False
+    # change_pud_range() runs pud_none_or_clear_bad() and has no huge-PUD case, so mprotect of
+    # a PUD leaf prints "bad pud" and clears it (before 6.12's "mm/mprotect: fix dax pud
+    # handlings"; legacy).
+    mprotect_pud_clears_bad: bool = False
+    # DAX mappings keep mapcounts (rmap add/remove) as well as the reference and RSS; False
+    # is the review's "refcount-only" alternative (study variant, not a kernel).
+    dax_mapcount: bool = True
     # ---- mutant switches (all False in real variants) ----
     pud_rmap_as_pages: bool = False
     deferred_split_never_queues: bool = False
@@ -85,14 +92,25 @@ LEGACY = Variant(
     "before the series (6.1): special devmap entries, no ref/mapcount/RSS for DAX",
     dax_refcounted=False,
     fsdax_idle_refcount=1,
+    mprotect_pud_clears_bad=True,
 )
 
 VARIANTS: dict[str, Variant] = {v.name: v for v in (LEGACY, SEED, MAINLINE)}
+
+# Variants for studies (foliosim study): resolvable by name, not run by `foliosim diff`.
+REFCOUNT_ONLY = Variant(
+    "refcount-only",
+    "mainline, but DAX mappings take a reference and RSS and no mapcount (no rmap calls)",
+    dax_mapcount=False,
+)
+STUDY_VARIANTS: dict[str, Variant] = {REFCOUNT_ONLY.name: REFCOUNT_ONLY}
 
 
 def get_variant(name: str) -> Variant:
     if name in VARIANTS:
         return VARIANTS[name]
+    if name in STUDY_VARIANTS:
+        return STUDY_VARIANTS[name]
     from foliosim.mutants import MUTANTS
 
     if name in MUTANTS:

@@ -89,11 +89,11 @@ class DevPagemap:
         """Bytes of struct pages for the range; with the DAX vmemmap optimisation a compound
         page keeps only VMEMMAP_RESERVE_NR vmemmap pages (its tails share one page)."""
         page = 1 << self.page_shift
-        per_folio_pages = ((1 << self.vmemmap_shift) * STRUCT_PAGE_SIZE + page - 1) // page
+        per_folio_pages = ((1 << self.vmemmap_shift) * STRUCT_PAGE_SIZE) // page
         nr_folios = self.nr_pages >> self.vmemmap_shift
-        if optimised and per_folio_pages > VMEMMAP_RESERVE_NR:
-            per_folio_pages = VMEMMAP_RESERVE_NR
-        return nr_folios * per_folio_pages * page
+        if optimised and per_folio_pages > VMEMMAP_RESERVE_NR:  # __vmemmap_can_optimize
+            return nr_folios * VMEMMAP_RESERVE_NR * page
+        return (self.nr_pages * STRUCT_PAGE_SIZE + page - 1) // page * page
 
 
 @dataclass(eq=False)
@@ -110,10 +110,12 @@ class DaxDevice(BackingFile):
 
     def check_mmap(self, k: Kernel, shared: bool, at: int | None, length: int, off: int) -> None:
         """dax_mmap_prepare() -> __check_vma() (drivers/dax/device.c, 7.1.8): private mappings
-        and (fixed) ranges not aligned to the device alignment are EINVAL."""
+        and (fixed) ranges not aligned to the device alignment are EINVAL. The file offset is
+        not checked: only vm_start/vm_end are (an unaligned offset without MAP_FIXED fails
+        because dax_get_unmapped_area cannot align the start)."""
         if not shared:
             raise SyscallError("EINVAL", "device-dax refuses private mappings")
-        if (at is not None and at % self.align) or length % self.align or off % self.align:
+        if (at is not None and at % self.align) or length % self.align:
             raise SyscallError("EINVAL", "device-dax mapping not aligned to the device alignment")
 
     def huge_fault(self, k: Kernel, vma: VMA, addr: int, write: bool, order: int) -> str | None:
@@ -156,7 +158,7 @@ class DaxDevice(BackingFile):
 def _leaf_writable(vma: VMA, write: bool) -> bool:
     from foliosim.kernel.memory import vma_page_prot_writable
 
-    return write and bool(vma.flags & VM.WRITE) or vma_page_prot_writable(vma)
+    return (write and bool(vma.flags & VM.WRITE)) or vma_page_prot_writable(vma)
 
 
 def vmf_insert_folio_pud(k: Kernel, vma: VMA, addr: int, folio: Folio, write: bool) -> str | None:
@@ -185,7 +187,7 @@ def vmf_insert_folio_pud(k: Kernel, vma: VMA, addr: int, folio: Folio, write: bo
     if not special:
         if not k.variant.fault_pud_forgets_ref:
             k.folio_get(folio)
-        if not rmap.folio_add_file_rmap_pud(k, folio, vma):
+        if k.variant.dax_mapcount and not rmap.folio_add_file_rmap_pud(k, folio, vma):
             k.folio_put(folio)
             return "SIGBUS"
         vma.mm.rss[mm_counter_file(folio)] += k.config.pud_nr
@@ -224,7 +226,8 @@ def vmf_insert_folio_pmd(k: Kernel, vma: VMA, addr: int, folio: Folio, write: bo
     k.enter("vmf_insert_folio_pmd" if not special or folio.zero else "vmf_insert_pfn_pmd")
     if not special:
         k.folio_get(folio)
-        rmap.folio_add_file_rmap_pmd(k, folio, vma)
+        if k.variant.dax_mapcount:
+            rmap.folio_add_file_rmap_pmd(k, folio, vma)
         if not k.variant.dax_pmd_forgets_rss:
             vma.mm.rss[mm_counter_file(folio)] += k.config.pmd_nr
     pgt.pte_tables.pop(pmd_no, None)
@@ -254,7 +257,9 @@ def vmf_insert_page_mkwrite(
         if write:
             if present is not folio or int(table.index[slot]) != page:
                 if not present.zero:
-                    k.reports.warn("insert_page_into_pte_locked", "PTE maps another page", once=True)
+                    k.reports.warn(
+                        "insert_page_into_pte_locked", "PTE maps another page", once=True
+                    )
                 return "SIGBUS"
             if _leaf_writable(vma, True):
                 table.bits[slot] |= PTE_WRITE
@@ -271,7 +276,8 @@ def vmf_insert_page_mkwrite(
         if k.variant.dax_pte_double_ref:
             k.folio_get(folio)
         vma.mm.rss[mm_counter_file(folio)] += 1
-        rmap.folio_add_file_rmap_ptes(k, folio, page, 1, vma)
+        if k.variant.dax_mapcount:
+            rmap.folio_add_file_rmap_ptes(k, folio, page, 1, vma)
     table.set(slot, folio, page, bits)
     return None
 

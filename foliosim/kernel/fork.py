@@ -185,7 +185,7 @@ def _copy_run(
             for off in range(nr):
                 _copy_present_page(k, dst, dtable, slot + off, folio, page + off)
             return
-    else:
+    elif k.variant.dax_mapcount or not folio.zone_device:
         rmap.folio_dup_file_rmap_ptes(k, folio, page, nr)
     if not k.variant.fork_pte_skips_ref:
         k.folio_get(folio, nr)

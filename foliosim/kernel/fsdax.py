@@ -93,7 +93,8 @@ class FsdaxFs:
 class FsdaxFile(BackingFile):
     fs: FsdaxFs | None = None
     blocks: dict[int, int] = field(default_factory=dict)  # page index -> pfn
-    entries: dict[int, tuple[int, int]] = field(default_factory=dict)  # head index -> (order, pfn|ZERO)
+    # head index -> (order, pfn or ZERO)
+    entries: dict[int, tuple[int, int]] = field(default_factory=dict)
     pending: list[tuple[int, int | None, int | None]] = field(default_factory=list)
 
     def entry_at(self, index: int) -> tuple[int, int, int] | None:
@@ -109,7 +110,8 @@ class FsdaxFile(BackingFile):
         """dax_iomap_fault() (fs/dax.c, 7.1.8) through ext4_dax_huge_fault()."""
         k.enter(f"dax_iomap_fault(order={order})")
         geo = k.geometry
-        if any(lo <= vma.linear_page_index(addr, k.page_shift) and (hi is None or vma.linear_page_index(addr, k.page_shift) < hi) for lo, hi, _ in self.pending):
+        pgoff = vma.linear_page_index(addr, k.page_shift)
+        if any(lo <= pgoff and (hi is None or pgoff < hi) for lo, hi, _ in self.pending):
             return "SIGBUS"  # the kernel would block behind the layout break
         if order == geo.pud_order:
             return "fallback"
@@ -187,22 +189,21 @@ class FsdaxFile(BackingFile):
         if index >= self.size_pages(k.page_shift):
             return "SIGBUS"
         entry = self.entry_at(index)
-        if entry is not None and entry[1] == 0 and entry[2] != ZERO and entry[1] != 0:
-            pass
         if entry is not None and entry[1] > 0 and entry[2] != ZERO:
             head, order, pfn = entry
             folio = self._folio(k, pfn, order, head)
             return vmf_insert_page_mkwrite(k, vma, addr, folio, index - head, write)
-        pfn = self.blocks.get(index)
-        if pfn is None:
+        block = self.blocks.get(index)
+        if block is None:
             if not write:
                 self.entries.setdefault(index, (0, ZERO))
                 return vmf_insert_page_mkwrite(k, vma, addr, k.physmem.zero_folio, 0, False)
             assert self.fs is not None
-            pfn = self.fs.alloc(1, aligned=False)
-            if pfn is None:
+            block = self.fs.alloc(1, aligned=False)
+            if block is None:
                 return "SIGBUS"
-            self.blocks[index] = pfn
+            self.blocks[index] = block
+        pfn = block
         if entry is not None and entry[2] == ZERO:
             # Downgrade/replace the zero entry and unmap its zero-page mappings first.
             lo = entry[0]
@@ -231,7 +232,7 @@ class FsdaxFile(BackingFile):
         and reset to order 0 (dax_folio_reset_order), blocks return to the filesystem."""
         assert self.fs is not None
         pgmap = self.fs.pgmap
-        for head, (order, pfn) in list(self.entries.items()):
+        for head, (_order, pfn) in list(self.entries.items()):
             if head < first or (last is not None and head >= last):
                 continue
             del self.entries[head]

@@ -72,7 +72,8 @@ def create_huge_pmd(k: Kernel, vma: VMA, addr: int, write: bool) -> str | None:
         if k.geometry.pmd_order in thp_vma_allowable_orders(k, vma):
             return do_huge_pmd_anonymous_page(k, vma, addr, write)
         return "fallback"
-    if vma.is_dax and vma.file is not None:
+    if vma.is_dax and vma.file is not None and not vma_thp_disabled(vma):
+        # __thp_vma_allowable_orders(): DAX is allowed in the fault path unless VM_NOHUGEPAGE.
         return vma.file.huge_fault(k, vma, addr, write, k.geometry.pmd_order)  # type: ignore[attr-defined,no-any-return]
     return "fallback"
 
@@ -264,7 +265,8 @@ def __split_huge_pmd(k: Kernel, vma: VMA, addr: int) -> None:
             folio.dirty = True
         if leaf.young:
             folio.referenced = True
-        rmap.folio_remove_rmap_pmd(k, folio, vma)
+        if k.variant.dax_mapcount or not folio.zone_device:
+            rmap.folio_remove_rmap_pmd(k, folio, vma)
         vma.mm.rss[mm_counter_file(folio)] -= k.config.pmd_nr
         if not k.variant.split_pmd_forgets_ref:
             k.folio_put(folio)
@@ -325,7 +327,7 @@ def __split_huge_pud(k: Kernel, vma: VMA, addr: int) -> None:
     if leaf.young:
         folio.referenced = True
     variant = k.variant
-    if not variant.split_pud_forgets_rmap:
+    if not variant.split_pud_forgets_rmap and variant.dax_mapcount:
         rmap.folio_remove_rmap_pud(k, folio, vma)
     if variant.split_pud_put_before_rss:
         if not variant.split_pud_forgets_put:
@@ -336,6 +338,30 @@ def __split_huge_pud(k: Kernel, vma: VMA, addr: int) -> None:
         vma.mm.rss[mm_counter_file(folio)] -= k.config.pud_nr
         if not variant.split_pud_forgets_put:
             k.folio_put(folio)
+
+
+def pud_clear_bad(k: Kernel, vma: VMA, pud_no: int, site: str) -> None:
+    """pud_none_or_clear_bad() -> pud_clear_bad() (include/linux/pgtable.h, 7.1.8 and 6.1).
+
+    On x86-64 pud_bad() is true for any leaf PUD (flags beyond _KERNPG_TABLE|_PAGE_USER: PSE,
+    and before 6.17 DEVMAP), so a walker that asks pud_none_or_clear_bad() before looking for a
+    huge PUD prints "bad pud" (pud_ERROR) and clears the entry as if it were a corrupt table
+    pointer: no rmap removal, no RSS update, no folio_put. Leaves out the TLB flush.
+    """
+    leaf = vma.mm.pgtables.pud_leaves.pop(pud_no, None)
+    if leaf is None:
+        return
+    k.enter("pud_clear_bad")
+    k.reports.add(
+        "ERROR",
+        site,
+        f"{site}: bad pud {leaf.folio.pfn << k.page_shift:016x}"
+        f"(pfn {leaf.folio.pfn:#x}) cleared by pud_none_or_clear_bad",
+    )
+    if k.variant.mremap_pud_drops_rss and site == "get_old_pud" and not leaf.special:
+        from foliosim.kernel.memory import mm_counter_file
+
+        vma.mm.rss[mm_counter_file(leaf.folio)] -= k.config.pud_nr
 
 
 # ---- zapping ---------------------------------------------------------------------------------
@@ -362,7 +388,8 @@ def zap_huge_pmd(k: Kernel, vma: VMA, pmd_no: int) -> None:
     elif folio.zone_device and not k.variant.dax_refcounted:
         return
     else:
-        rmap.folio_remove_rmap_pmd(k, folio, vma)
+        if k.variant.dax_mapcount or not folio.zone_device:
+            rmap.folio_remove_rmap_pmd(k, folio, vma)
         if leaf.dirty:
             folio.dirty = True
         if leaf.young:
@@ -393,7 +420,8 @@ def zap_huge_pud(k: Kernel, vma: VMA, pud_no: int) -> None:
             k.reports.bug("zap_huge_pud", "BUG_ON(vma_is_anonymous(vma))")
         else:
             k.reports.vm_warn("zap_huge_pud", "anonymous VMA with a PUD leaf", once=True)
-    rmap.folio_remove_rmap_pud(k, folio, vma)
+    if k.variant.dax_mapcount or not folio.zone_device:
+        rmap.folio_remove_rmap_pud(k, folio, vma)
     if not k.variant.zap_pud_forgets_rss:
         vma.mm.rss[mm_counter_file(folio)] -= k.config.pud_nr
     k.folio_put(folio)

@@ -65,7 +65,8 @@ def handle_mm_fault(k: Kernel, task: Task, vma: VMA, addr: int, write: bool) -> 
         else:
             huge_memory.huge_pud_set_accessed(leaf, write)
             return None
-    elif vma.is_dax and vma.file is not None:
+    elif vma.is_dax and vma.file is not None and not huge_memory.vma_thp_disabled(vma):
+        # thp_vma_allowable_order(PUD_ORDER): VM_NOHUGEPAGE skips create_huge_pud.
         result = vma.file.huge_fault(k, vma, addr, write, geo.pud_order)  # type: ignore[attr-defined]
         if result != "fallback":
             return result  # type: ignore[no-any-return]
@@ -147,6 +148,46 @@ def do_anonymous_page(k: Kernel, vma: VMA, addr: int, write: bool) -> str | None
     if folio.large:
         rmap.deferred_split_folio(k, folio, False)
     return None
+
+
+def do_anonymous_pages(k: Kernel, vma: VMA, addr: int, nr: int, write: bool) -> int:
+    """``nr`` consecutive do_anonymous_page() calls on empty PTEs of one page table, done as
+    one batch: the same entries, folios and counters, without a Python round trip per page.
+
+    Only for the case where every one of those faults takes the order-0 path: no mTHP order
+    is allowed below the PMD for this VMA (alloc_anon_folio would try them) and the caller
+    has already let the PMD level decline. Returns how many pages were mapped (fewer than nr
+    when memory runs out).
+    """
+    k.enter("do_anonymous_page")
+    mm = vma.mm
+    table = mm.pgtables.pte_table(addr >> k.geometry.pmd_shift, create=True)
+    assert table is not None
+    first = (addr >> k.page_shift) & (k.geometry.ptrs_per_pte - 1)
+    k.vmstat.count_event("pgfault", nr)
+    if not write:
+        for i in range(nr):
+            table.set(first + i, k.physmem.zero_folio, 0, PTE_SPECIAL | PTE_YOUNG)
+        return nr
+    anon_vma_prepare(vma)
+    bits = PTE_YOUNG | PTE_DIRTY | (PTE_WRITE if vma.flags & VM.WRITE else 0)
+    index = vma.linear_page_index(addr, k.page_shift)
+    done = 0
+    for i in range(nr):
+        folio = k.alloc_folio(0)
+        if folio is None:
+            break
+        folio.refcount = 1
+        folio.mapcount_small = 1
+        folio.anon = folio.swapbacked = folio.lru = True
+        folio.mapping = vma.anon_vma
+        folio.index = index + i
+        folio.exclusive_array()[0] = True
+        table.set(first + i, folio, 0, bits)
+        done += 1
+    mm.rss[MM_ANONPAGES] += done
+    k.vmstat.mod("nr_anon_pages", done)  # folio_add_new_anon_rmap: NR_ANON_MAPPED += 1 each
+    return done
 
 
 def alloc_anon_folio(k: Kernel, vma: VMA, addr: int) -> tuple[Folio | None, int]:
@@ -336,7 +377,7 @@ def wp_page_copy(k: Kernel, vma: VMA, addr: int, old: Folio, page: int) -> str |
     special = bool(table.bits[slot] & PTE_SPECIAL)
     if not special:
         vma.mm.rss[mm_counter(old)] -= 1
-        if not k.variant.cow_forgets_old_rmap:
+        if not k.variant.cow_forgets_old_rmap and (k.variant.dax_mapcount or not old.zone_device):
             rmap.folio_remove_rmap_ptes(k, old, page, 1, vma)
     if old.page_written(page):
         new.written_array()[0] = True

@@ -140,6 +140,10 @@ def do_mmap(
         off = 0
     if at is None:
         addr = get_unmapped_area(k, task, length, file, off, shared, align)
+        if file is not None and file.kind == "devdax":
+            # dax_mmap_prepare -> __check_vma sees the placed range (it may be unaligned
+            # when dax_get_unmapped_area could not align it, e.g. for an unaligned offset).
+            file.check_mmap(k, shared, addr, length, off)  # type: ignore[attr-defined]
     else:
         addr = at
         do_munmap(k, task, addr, length)

@@ -75,6 +75,10 @@ def change_protection(k: Kernel, vma: VMA, old: VM) -> None:
     adding_write = not old & VM.WRITE and bool(vma.flags & VM.WRITE)
     lo_pmd, hi_pmd = vma.start >> geo.pmd_shift, (vma.end - 1) >> geo.pmd_shift
     lo_pud, hi_pud = vma.start >> geo.pud_shift, (vma.end - 1) >> geo.pud_shift
+    if k.variant.mprotect_pud_clears_bad:
+        # 6.1 change_pud_range(): pud_none_or_clear_bad() before any huge-PUD case.
+        for pud_no in [n for n in pgt.pud_leaves if lo_pud <= n <= hi_pud]:
+            huge_memory.pud_clear_bad(k, vma, pud_no, "change_pud_range")
     for pud_no, leaf in pgt.pud_leaves.items():
         if lo_pud <= pud_no <= hi_pud and removing_write:
             leaf.write = False

@@ -103,8 +103,17 @@ def move_vma(
     return new_addr
 
 
-def move_page_tables(k: Kernel, old: VMA, old_addr: int, new: VMA, new_addr: int, length: int) -> None:
-    """move_page_tables() (mm/mremap.c, 7.1.8)."""
+def move_page_tables(
+    k: Kernel, old: VMA, old_addr: int, new: VMA, new_addr: int, length: int
+) -> None:
+    """move_page_tables() (mm/mremap.c, 7.1.8; 6.1 has the same PUD order).
+
+    PUD leaves: get_old_pud() runs pud_none_or_clear_bad() before the pud_trans_huge() ->
+    move_huge_pud() case, so on x86-64 a leaf PUD is printed as "bad pud" and cleared with its
+    rmap, RSS and reference left behind (huge_memory.pud_clear_bad). PMD leaves move whole when
+    the extent is an aligned PMD (move_huge_pmd), otherwise they are split; PTEs move one by
+    one. Leaves out: HAVE_MOVE_PUD/HAVE_MOVE_PMD table moves, rmap locks, soft-dirty, uffd.
+    """
     geo = k.geometry
     pgt = old.mm.pgtables
     end = old_addr + length
@@ -120,7 +129,8 @@ def move_page_tables(k: Kernel, old: VMA, old_addr: int, new: VMA, new_addr: int
             pgt.pmd_leaves[(lo + delta) >> geo.pmd_shift] = pgt.pmd_leaves.pop(pmd_no)
         else:
             huge_memory.__split_huge_pmd(k, old, lo)
-    for pmd_no in sorted(n for n in pgt.pte_tables if old_addr >> geo.pmd_shift <= n <= (end - 1) >> geo.pmd_shift):
+    lo_pmd, hi_pmd = old_addr >> geo.pmd_shift, (end - 1) >> geo.pmd_shift
+    for pmd_no in sorted(n for n in pgt.pte_tables if lo_pmd <= n <= hi_pmd):
         table = pgt.pte_tables[pmd_no]
         base = pmd_no << geo.pmd_shift
         for slot in range(geo.ptrs_per_pte):

@@ -130,7 +130,9 @@ def zap_pte_range(
                 if (run_bits & PTE_YOUNG).any():
                     folio.referenced = True
             vma.mm.rss[mm_counter(folio)] -= nr
-            if not k.variant.zap_pte_forgets_rmap:
+            if not k.variant.zap_pte_forgets_rmap and (
+                k.variant.dax_mapcount or not folio.zone_device
+            ):
                 rmap.folio_remove_rmap_ptes(k, folio, page, nr, vma)
             puts.append((folio, nr))
         table.clear_range(slot, slot + nr)
