@@ -214,6 +214,11 @@ def bench(
     console.print(table)
 
 
+from foliosim.study_report import study_app  # noqa: E402
+
+app.add_typer(study_app, name="study")
+
+
 def main() -> None:
     try:
         app()
