@@ -127,7 +127,7 @@ def check_all(k: Kernel) -> list[Violation]:
                 )
     for f in k.physmem.all_folios():
         folios.setdefault(id(f), f)
-    for file in list(k.files.values()) + list(k.devices.values()):
+    for file in k.files.values():
         for f in file.cache.values():
             folios.setdefault(id(f), f)
     extra = _extra_refs(k)

@@ -12,6 +12,7 @@ option, as the kernel's BUILD_BUG() or Kconfig "depends on" would.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 ARCHES = ("x86_64", "arm64")
 GRANULES = {"4K": 12, "16K": 14, "64K": 16}
@@ -33,50 +34,50 @@ class Geometry:
     page_shift: int
     levels: int
 
-    @property
+    @cached_property
     def bits_per_level(self) -> int:
         return self.page_shift - 3
 
-    @property
+    @cached_property
     def page_size(self) -> int:
         return 1 << self.page_shift
 
-    @property
+    @cached_property
     def ptrs_per_pte(self) -> int:
         return 1 << self.bits_per_level
 
-    @property
+    @cached_property
     def pmd_shift(self) -> int:
         return self.page_shift + self.bits_per_level
 
-    @property
+    @cached_property
     def pud_shift(self) -> int:
         return self.pmd_shift + self.bits_per_level
 
-    @property
+    @cached_property
     def pmd_size(self) -> int:
         return 1 << self.pmd_shift
 
-    @property
+    @cached_property
     def pud_size(self) -> int:
         return 1 << self.pud_shift
 
-    @property
+    @cached_property
     def pmd_order(self) -> int:
         return self.pmd_shift - self.page_shift
 
-    @property
+    @cached_property
     def pud_order(self) -> int:
         return self.pud_shift - self.page_shift
 
-    @property
+    @cached_property
     def va_bits(self) -> int:
         """Virtual address bits: page_shift + levels * bits_per_level (48 / 57 on x86-64)."""
         if self.arch == "arm64" and self.page_shift == 14 and self.levels == 4:
             return 47
         return min(self.page_shift + self.levels * self.bits_per_level, 57)
 
-    @property
+    @cached_property
     def task_size(self) -> int:
         """TASK_SIZE_MAX of a 64-bit task: the top of user space minus one guard page on x86."""
         if self.arch == "x86_64":

@@ -164,26 +164,31 @@ def madvise_guard_install(k: Kernel, vma: VMA, start: int, end: int) -> None:
     if vma.is_anonymous and vma.anon_vma is None:
         vma.anon_vma = AnonVma()
     unmap_page_range(k, vma, start, end)
+    _set_markers(k, vma, start, end, install=True)
+
+
+def _set_markers(k: Kernel, vma: VMA, start: int, end: int, install: bool) -> None:
+    """Write or clear PTE_MARKER_GUARD over [start, end), a page-table page at a time."""
     geo = k.geometry
     addr = start
     while addr < end:
-        table = vma.mm.pgtables.pte_table(addr >> geo.pmd_shift, create=True)
-        assert table is not None
-        table.bits[(addr >> k.page_shift) & (geo.ptrs_per_pte - 1)] = PTE_MARKER_GUARD
-        addr += k.page_size
+        pmd_no = addr >> geo.pmd_shift
+        table_end = min(end, (pmd_no + 1) << geo.pmd_shift)
+        table = vma.mm.pgtables.pte_table(pmd_no, create=install)
+        if table is not None:
+            lo = (addr >> k.page_shift) & (geo.ptrs_per_pte - 1)
+            hi = lo + ((table_end - addr) >> k.page_shift)
+            window = table.bits[lo:hi]
+            if install:
+                window[:] = PTE_MARKER_GUARD
+            else:
+                window[(window & PTE_MARKER_GUARD) != 0] = 0
+        addr = table_end
 
 
 def madvise_guard_remove(k: Kernel, vma: VMA, start: int, end: int) -> None:
     """madvise_guard_remove(): clear guard markers only; nothing is refaulted."""
-    geo = k.geometry
-    addr = start
-    while addr < end:
-        table = vma.mm.pgtables.pte_table(addr >> geo.pmd_shift)
-        if table is not None:
-            slot = (addr >> k.page_shift) & (geo.ptrs_per_pte - 1)
-            if table.bits[slot] & PTE_MARKER_GUARD:
-                table.bits[slot] = 0
-        addr += k.page_size
+    _set_markers(k, vma, start, end, install=False)
 
 
 def madvise_collapse(k: Kernel, task: Task, start: int, end: int) -> None:

@@ -50,9 +50,11 @@ class Leaf:
 class PteTable:
     """One page-table page of PTEs."""
 
-    __slots__ = ("bits", "folios", "index", "present")
+    __slots__ = ("bits", "folios", "index", "present", "version")
 
     def __init__(self, n: int) -> None:
+        # Bumped by every change of which folio an entry maps (incremental invariant checks).
+        self.version = 0
         self.folios: np.ndarray[Any, Any] = np.full(n, None, dtype=object)
         self.index: np.ndarray[Any, Any] = np.zeros(n, dtype=np.int32)
         self.bits: np.ndarray[Any, Any] = np.zeros(n, dtype=np.uint8)
@@ -62,6 +64,7 @@ class PteTable:
         return self.folios[i] is None and not self.bits[i] & PTE_MARKER_GUARD
 
     def set(self, i: int, folio: Folio, index: int, bits: int) -> None:
+        self.version += 1
         if self.folios[i] is None:
             self.present += 1
         self.folios[i] = folio
@@ -70,6 +73,7 @@ class PteTable:
 
     def set_run(self, start: int, folio: Folio, first_index: int, nr: int, bits: int) -> None:
         """Map ``nr`` consecutive pages of one folio (set_ptes)."""
+        self.version += 1
         window = self.folios[start : start + nr]
         self.present += int(sum(1 for f in window if f is None))
         window[:] = folio
@@ -77,6 +81,7 @@ class PteTable:
         self.bits[start : start + nr] = bits
 
     def clear(self, i: int) -> None:
+        self.version += 1
         if self.folios[i] is not None:
             self.present -= 1
         self.folios[i] = None
@@ -110,6 +115,7 @@ class PteTable:
         ]
 
     def clear_range(self, start: int, end: int) -> None:
+        self.version += 1
         window = self.folios[start:end]
         self.present -= int(sum(1 for f in window if f is not None))
         window[:] = None

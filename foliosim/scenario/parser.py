@@ -227,11 +227,22 @@ class LineParser:
         return parse_addr(self, tok)
 
 
+def size_value(text: str) -> int | None:
+    """A decimal or 0x number with an optional K/M/G/T suffix, or None."""
+    m = NUMBER_RE.match(text)
+    if not m:
+        return None
+    digits = m.group(1)
+    base = int(digits, 16) if digits[:2].lower() == "0x" else int(digits, 10)
+    return base * SUFFIXES.get(m.group(2), 1)
+
+
 def parse_number(p: LineParser, text: str, col: int, what: str) -> Num:
     m = NUMBER_RE.match(text)
     if not m:
         raise p.error(f"bad number '{text}' for {what}", col)
-    base = int(m.group(1), 0)
+    digits = m.group(1)
+    base = int(digits, 16) if digits[:2].lower() == "0x" else int(digits, 10)
     suffix = m.group(2)
     return Num(base * SUFFIXES.get(suffix, 1), bool(suffix), col)
 

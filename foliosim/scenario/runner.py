@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from collections.abc import Callable
+
+import numpy as np
 from typing import Any
 
 from foliosim.check import Violation, check_all
@@ -19,7 +21,7 @@ from foliosim.kernel.files import BackingFile
 from foliosim.kernel.huge_memory_split import deferred_split_scan
 from foliosim.kernel.kernel import Kernel, Task
 from foliosim.kernel.mmap import SyscallError
-from foliosim.scenario.parser import Addr, Num, Query, ScenarioError, Stmt
+from foliosim.scenario.parser import Addr, Num, Query, ScenarioError, Stmt, size_value
 from foliosim.scenario.queries import QValue, UnknownCounter, evaluate
 from foliosim.variants import get_variant
 
@@ -103,12 +105,10 @@ def build_kernel(path: str, stmts: list[Stmt], variant_override: str | None) -> 
             elif key == "variant":
                 variant = value
             elif key == "swap":
-                from foliosim.scenario.parser import NUMBER_RE, SUFFIXES
-
-                m = NUMBER_RE.match(value)
-                if not m:
+                swap_bytes = size_value(value)
+                if swap_bytes is None:
                     raise bad(f"bad swap size '{value}'")
-                swap = int(m.group(1), 0) * SUFFIXES.get(m.group(2), 1)
+                swap = swap_bytes
             elif key == "mthp":
                 mthp_text = value
                 where = (stmt.line, col)
@@ -130,12 +130,10 @@ def build_kernel(path: str, stmts: list[Stmt], variant_override: str | None) -> 
         options = resolve_options(arch, overrides)
         for item in filter(None, mthp_text.split(",")):
             size_text, _, mode = item.partition(":")
-            from foliosim.scenario.parser import NUMBER_RE, SUFFIXES
-
-            m = NUMBER_RE.match(size_text)
-            if not m or mode not in ("always", "madvise", "inherit", "never"):
+            size = size_value(size_text)
+            if size is None or mode not in ("always", "madvise", "inherit", "never"):
                 raise ValueError(f"bad mthp item '{item}' (SIZE:always|madvise|inherit|never)")
-            pages = int(m.group(1), 0) * SUFFIXES.get(m.group(2), 1) // geometry.page_size
+            pages = size // geometry.page_size
             order = pages.bit_length() - 1
             if pages != 1 << order or not 2 <= order <= geometry.pmd_order:
                 raise ValueError(f"no mTHP size {size_text}")
@@ -402,6 +400,8 @@ def touch(k: Kernel, task: Task, start: int, length: int, write: bool) -> str | 
         if write and not vma.flags & VM.WRITE or not vma.flags & (VM.READ | VM.WRITE):
             return "SIGSEGV"
         m = k.lookup(mm, addr)
+        if m is None and _anon_batch(k, vma, addr, end, write):
+            continue
         if m is None or (write and not m.write):
             signal = memory.handle_mm_fault(k, task, vma, addr, write)
             if signal:
@@ -424,9 +424,71 @@ def touch(k: Kernel, task: Task, start: int, length: int, write: bool) -> str | 
                 m.leaf.young = True
                 m.leaf.dirty = m.leaf.dirty or write
         else:
-            if write and not m.special and not m.folio.zone_device:
-                m.folio.written_array()[m.page] = True
-            if m.table is not None:
-                m.table.bits[m.slot] |= 4 | (2 if write else 0)
+            assert m.table is not None
+            step = _touch_pte_run(k, m.table, m.slot, addr, end, write) << k.page_shift
         addr += step
     return None
+
+
+def _anon_batch(k: Kernel, vma: Any, addr: int, end: int, write: bool) -> bool:
+    """Fault a run of empty PTEs of an anonymous VMA in one batch when each fault would take
+    do_anonymous_page()'s order-0 path (see memory.do_anonymous_pages). False: no batch."""
+    from foliosim.kernel import huge_memory
+    from foliosim.kernel.pgtable import PTE_MARKER_GUARD
+
+    if not vma.is_anonymous or vma.shared:
+        return False
+    geo = k.geometry
+    pmd_no = addr >> geo.pmd_shift
+    pgt = vma.mm.pgtables
+    table = pgt.pte_tables.get(pmd_no)
+    if pmd_no in pgt.pmd_leaves or (addr >> geo.pud_shift) in pgt.pud_leaves:
+        return False
+    if table is None or not table.present:
+        if geo.pmd_order in huge_memory.thp_vma_allowable_orders(k, vma):
+            return False  # create_huge_pmd gets the first say
+    if huge_memory.thp_vma_allowable_orders(k, vma, below_pmd=True):
+        return False
+    stop = min(end, vma.end, (pmd_no + 1) << geo.pmd_shift)
+    first = (addr >> k.page_shift) & (geo.ptrs_per_pte - 1)
+    nr = (stop - addr + k.page_size - 1) >> k.page_shift
+    if nr < 2:
+        return False
+    if table is not None:
+        window_f = table.folios[first : first + nr]
+        window_b = table.bits[first : first + nr]
+        busy = [i for i in range(nr) if window_f[i] is not None or window_b[i] & PTE_MARKER_GUARD]
+        if busy:
+            nr = busy[0]
+    if nr < 2:
+        return False
+    done = memory.do_anonymous_pages(k, vma, addr, nr, write)
+    if write:
+        table = pgt.pte_tables[pmd_no]
+        for i in range(done):
+            folio = table.folios[first + i]
+            folio.written_array()[0] = True
+    return done == nr
+
+
+def _touch_pte_run(k: Kernel, table: Any, slot: int, addr: int, end: int, write: bool) -> int:
+    """Access present PTEs from ``slot`` on without faulting: the run stops at the first entry
+    that needs a fault (none, or read-only for a write), the end of the range or the table.
+    Young (and dirty, written) are set for the run; returns the number of pages touched."""
+    from foliosim.kernel.pgtable import PTE_DIRTY, PTE_WRITE, PTE_YOUNG
+
+    last = min(k.geometry.ptrs_per_pte, slot + ((end - addr + k.page_size - 1) >> k.page_shift))
+    folios = table.folios[slot:last]
+    bits = table.bits[slot:last]
+    ok = folios != None  # noqa: E711 (elementwise on an object array)
+    if write:
+        ok &= (bits & PTE_WRITE) != 0
+    bad = np.flatnonzero(~ok)
+    n = int(bad[0]) if bad.size else last - slot
+    n = max(n, 1)
+    table.bits[slot : slot + n] |= PTE_YOUNG | (PTE_DIRTY if write else 0)
+    if write:
+        for _, nr, folio, page, special in table.runs(slot, slot + n):
+            if not special and not folio.zone_device:
+                folio.written_array()[page : page + nr] = True
+    return n
