@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -19,6 +20,7 @@ from foliosim.kernel.physmem import ENTIRELY_MAPPED, GUP_PIN_COUNTING_BIAS, Foli
 
 if TYPE_CHECKING:
     from foliosim.kernel.kernel import Kernel
+    from foliosim.kernel.mm import MM
 
 
 @dataclass
@@ -120,6 +122,7 @@ def check_all(k: Kernel) -> list[Violation]:
                 last_addr = first_addr + ((nr - 1) << k.page_shift)
                 if mm.find_vma(first_addr) is None or mm.find_vma(last_addr) is None:
                     out.append(Violation("leaf-in-vma", f"PTEs at {first_addr:#x} outside a VMA"))
+        out.extend(check_deposits(mm))
         for i, name in enumerate(("MM_FILEPAGES", "MM_ANONPAGES", "MM_SWAPENTS", "MM_SHMEMPAGES")):
             if i != 2 and mm.rss[i] != rss[i]:
                 out.append(
@@ -141,6 +144,16 @@ def check_all(k: Kernel) -> list[Violation]:
     return out
 
 
+def check_deposits(mm: MM) -> list[Violation]:
+    """Deposited page tables (mm_inc_nr_ptes at deposit, mm_dec_nr_ptes at withdraw) agree
+    with the PMD leaves that carry one."""
+    carried = sum(1 for leaf in mm.pgtables.pmd_leaves.values() if leaf.deposited)
+    if mm.pgtables.deposits != carried:
+        return [Violation("deposit", f"mm {mm.id}: {mm.pgtables.deposits} tables deposited, "
+                          f"{carried} PMD leaves carry one")]
+    return []
+
+
 def _rss_index(f: Folio) -> int:
     if f.anon:
         return 1
@@ -159,14 +172,14 @@ def _check_folio(k: Kernel, f: Folio, t: Tally, gets: int) -> list[Violation]:
     if f.freed:
         if mapped_entries:
             bad("freed-unmapped", f"freed folio {f!r} still mapped by {mapped_entries} entries")
+        if f.refcount:
+            bad("freed-referenced", f"freed (or split) folio {f!r} still holds references")
         return out
     in_cache = 0
     mapping = f.mapping
     if mapping is not None and getattr(mapping, "cache", {}).get(f.index) is f:
         in_cache = f.nr_pages
     pins = f.pincount if f.large else f.pins_small * GUP_PIN_COUNTING_BIAS
-    if k.variant.pin_takes_one_ref and not f.large:
-        pins = f.pins_small
     idle = f.pgmap.idle_refcount if f.pgmap is not None else 0
     expected = mapped_entries + in_cache + pins + gets + idle
     if f.refcount != expected:
@@ -195,7 +208,37 @@ def _check_folio(k: Kernel, f: Folio, t: Tally, gets: int) -> list[Violation]:
             bad("pincount", f"negative pincount {f.pincount}")
     elif f.mapcount_small != t.pte_total:
         bad("mapcount", f"mapcount {f.mapcount_small} != {t.pte_total} PTEs")
+    if f.anon:
+        _check_anon(k, f, t, bad)
+    if f.pgmap is not None and f.pgmap.type == "fsdax" and f.refcount > f.pgmap.idle_refcount:
+        owner = f.mapping
+        if owner is None or getattr(owner, "entries", {}).get(f.index) is None:
+            bad("fsdax-owner", "a referenced fs-dax folio no file entry owns (its blocks were freed)")
     return out
+
+
+def _check_anon(k: Kernel, f: Folio, t: Tally, bad: Callable[[str, str], None]) -> None:
+    """PageAnonExclusive only on pages mapped once (the VM_WARN_ON_FOLIO checks of
+    __folio_add_anon_rmap), and a large anon folio with some pages unmapped and no entire
+    mapping is marked partially mapped and on the deferred-split queue
+    (__folio_remove_rmap -> deferred_split_folio)."""
+    exclusive = f.anon_exclusive
+    if exclusive is not None and exclusive.any():
+        per_page = t.ptes if t.ptes is not None else np.zeros(f.nr_pages, dtype=np.int64)
+        if f.large and (t.pmds or t.puds):
+            if exclusive[0] and t.pmds + t.puds + int(per_page[0]) > 1:
+                bad("anon-exclusive", "exclusive head page mapped more than once")
+        else:
+            counts = per_page if f.large else np.array([t.pte_total])
+            shared = np.flatnonzero(exclusive & (counts > 1))
+            if shared.size:
+                bad("anon-exclusive", f"page {int(shared[0])} is AnonExclusive but mapped "
+                    f"{int(counts[shared[0]])} times")
+    if f.order > 1 and not t.pmds and not t.puds and k.config.page_mapcount:
+        mapped = int((t.ptes > 0).sum()) if t.ptes is not None else 0
+        if 0 < mapped < f.nr_pages and not (f.partially_mapped and f.deferred):
+            bad("deferred-split", f"{mapped} of {f.nr_pages} pages mapped but not queued as "
+                "partially mapped")
 
 
 def _add_stats(k: Kernel, f: Folio, t: Tally, stats: dict[str, int]) -> None:

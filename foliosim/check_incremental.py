@@ -14,7 +14,15 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
-from foliosim.check import Tally, Violation, _add_stats, _check_folio, _extra_refs, _rss_index
+from foliosim.check import (
+    Tally,
+    Violation,
+    _add_stats,
+    _check_folio,
+    _extra_refs,
+    _rss_index,
+    check_deposits,
+)
 from foliosim.kernel.physmem import Folio
 
 if TYPE_CHECKING:
@@ -130,6 +138,8 @@ class IncrementalChecker:
             if have != self.totals[item]:
                 out.append(Violation("vmstat", f"{item} is {have}, folios account {self.totals[item]}"))
         live = {mm.id: mm for mm in k.live_mms()}
+        for mm in live.values():
+            out.extend(check_deposits(mm))
         for mm_id, mm in live.items():
             rss = self.rss.get(mm_id, [0, 0, 0, 0])
             for i, name in ((0, "MM_FILEPAGES"), (1, "MM_ANONPAGES"), (3, "MM_SHMEMPAGES")):

@@ -159,13 +159,26 @@ def check(
 @app.command()
 def diff(
     file: Annotated[Path, typer.Argument(help="A scenario file.")],
+    variants: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated variants (default: legacy,seed,mainline), e.g. "
+                     "mainline,mainline-fixed or mainline,MUTANT."),
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Run a scenario under every variant and show where the queried values differ."""
     from foliosim.diff import diff_variants, print_diff
+    from foliosim.variants import get_variant
 
+    names = variants.split(",") if variants else None
+    for name in names or []:
+        try:
+            get_variant(name)
+        except KeyError:
+            sys.stderr.write(f"unknown variant '{name}'\n")
+            raise typer.Exit(2) from None
     try:
-        table = diff_variants(file)
+        table = diff_variants(file, names)
     except ScenarioError as exc:
         fail_input(exc)
         return
@@ -217,6 +230,15 @@ def bench(
 from foliosim.study_report import study_app  # noqa: E402
 
 app.add_typer(study_app, name="study")
+
+from foliosim.oracle.commands import oracle_app  # noqa: E402
+
+app.add_typer(oracle_app, name="oracle")
+
+from foliosim.cli_fuzz import fuzz_command, mutants_app  # noqa: E402
+
+app.command("fuzz")(fuzz_command)
+app.add_typer(mutants_app, name="mutants")
 
 
 def main() -> None:

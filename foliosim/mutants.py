@@ -5,7 +5,7 @@ The fuzzer must catch every one (issue: stateful fuzzer and mutant catalogue).
 
 from __future__ import annotations
 
-from foliosim.variants import MAINLINE, SEED, Variant
+from foliosim.variants import MAINLINE, MAINLINE_FIXED, SEED, Variant
 
 _CATALOGUE: list[tuple[str, str, Variant, dict[str, bool]]] = [
     ("split-pud-no-put", "__split_huge_pud_locked forgets folio_put", MAINLINE,
@@ -20,8 +20,8 @@ _CATALOGUE: list[tuple[str, str, Variant, dict[str, bool]]] = [
      {"cow_keeps_exclusive": True}),
     ("deferred-never-queues", "deferred_split_folio never queues", MAINLINE,
      {"deferred_split_never_queues": True}),
-    ("mremap-pud-drops-rss", "mremap moves a PUD and also drops its RSS", MAINLINE,
-     {"mremap_pud_drops_rss": True}),
+    ("mremap-pud-drops-rss", "mremap moves a PUD (with the mremap fix) and also drops its RSS",
+     MAINLINE_FIXED, {"mremap_pud_drops_rss": True}),
     ("pin-one-ref", "FOLL_PIN of a small folio takes one reference, not the bias", MAINLINE,
      {"pin_takes_one_ref": True}),
     ("truncate-ignores-pins", "dax truncate ignores a pinned DAX page", MAINLINE,
@@ -52,8 +52,8 @@ _CATALOGUE: list[tuple[str, str, Variant, dict[str, bool]]] = [
      {"dax_pte_double_ref": True}),
     ("zero-pmd-withdraws-dax", "zap_huge_pmd withdraws a deposit a DAX zero PMD never had",
      MAINLINE, {"dax_zero_pmd_withdraws_deposit": True}),
-    ("shrinker-splits-all", "deferred_split_scan splits folios that are fully mapped", MAINLINE,
-     {"shrinker_splits_mapped_whole": True}),
+    ("split-ignores-pins", "__folio_split skips the refcount freeze check (splits a pinned folio)",
+     MAINLINE, {"split_ignores_extra_refs": True}),
     ("seed-split-pud-no-put", "seed's PUD split without the folio_put", SEED,
      {"split_pud_forgets_put": True}),
     ("deferred-no-requeue", "deferred_split_scan drops a folio whose split failed", MAINLINE,

@@ -69,8 +69,13 @@ class Variant:
     collapse_forgets_old_ref: bool = False
     split_page_forgets_tail_ref: bool = False
     shrinker_splits_mapped_whole: bool = False
+    split_ignores_extra_refs: bool = False
     zero_pmd_takes_ref: bool = False
     dax_pte_double_ref: bool = False
+
+    # A fix for the 6.18/7.x mremap defect: move_page_tables() looks for a huge PUD before
+    # pud_none_or_clear_bad(), as zap_pud_range() does, and moves it with move_huge_pud().
+    mremap_checks_huge_pud_first: bool = False
 
     def mutate(self, name: str, description: str, **switches: bool) -> Variant:
         return replace(self, name=name, description=description, **switches)
@@ -103,7 +108,13 @@ REFCOUNT_ONLY = Variant(
     "mainline, but DAX mappings take a reference and RSS and no mapcount (no rmap calls)",
     dax_mapcount=False,
 )
-STUDY_VARIANTS: dict[str, Variant] = {REFCOUNT_ONLY.name: REFCOUNT_ONLY}
+MAINLINE_FIXED = MAINLINE.mutate(
+    "mainline-fixed",
+    "mainline with a fix for mremap of huge PUDs (look for pud_trans_huge before "
+    "pud_none_or_clear_bad, then move_huge_pud)",
+    mremap_checks_huge_pud_first=True,
+)
+STUDY_VARIANTS: dict[str, Variant] = {v.name: v for v in (REFCOUNT_ONLY, MAINLINE_FIXED)}
 
 
 def get_variant(name: str) -> Variant:

@@ -61,6 +61,12 @@ class Generator:
         self.variant = variant
         self.config = config
         self.state = ProgramState()
+        from foliosim.variants import get_variant
+
+        try:
+            self.pud_mremap_fixed = get_variant(variant or "mainline").mremap_checks_huge_pud_first
+        except KeyError:
+            self.pud_mremap_fixed = False
 
     def header(self) -> list[str]:
         r = self.rng
@@ -101,7 +107,7 @@ class Generator:
         choice = r.choices(
             ["touch", "munmap", "madvise", "mprotect", "mremap", "fork", "exit", "pin",
              "unpin", "truncate", "shrink"],
-            weights=[30, 6, 12, 6, 4, 4, 2, 4, 3, 3, 3],
+            weights=[30, 6, 12, 6, 4, 4, 2, 6, 3, 3, 4],
         )[0]
         return getattr(self, choice)()
 
@@ -195,7 +201,7 @@ class Generator:
 
     def mremap(self) -> str:
         candidates = [g for g in self.state.regions
-                      if self.known_defects or g.kind not in ("devdax",)]
+                      if self.known_defects or self.pud_mremap_fixed or g.kind not in ("devdax",)]
         if not candidates:
             return self.touch()
         reg = self.rng.choice(candidates)

@@ -92,6 +92,7 @@ def copy_huge_pmd(k: Kernel, dst: VMA, src: VMA, pmd_no: int) -> bool:
         mm_get_huge_zero_folio(k, dst)
         leaf.write = False
         dst.mm.pgtables.pmd_leaves[pmd_no] = Leaf(folio, False, False, False, True, True)
+        dst.mm.pgtables.deposits += 1
         return True
     maybe_pinned = src.mm.has_pinned and folio.maybe_dma_pinned()
     if k.variant.fork_skips_pmd_dup:
@@ -108,6 +109,7 @@ def copy_huge_pmd(k: Kernel, dst: VMA, src: VMA, pmd_no: int) -> bool:
     dst.mm.pgtables.pmd_leaves[pmd_no] = Leaf(
         folio, write=leaf.write, dirty=leaf.dirty, young=False, deposited=True
     )
+    dst.mm.pgtables.deposits += 1
     return True
 
 

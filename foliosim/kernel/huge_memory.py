@@ -120,6 +120,7 @@ def do_huge_pmd_anonymous_page(k: Kernel, vma: VMA, addr: int, write: bool) -> s
             return "fallback"
         vma.mm.pgtables.pte_tables.pop(pmd_no, None)
         vma.mm.pgtables.pmd_leaves[pmd_no] = Leaf(zero, special=True, deposited=True)
+        vma.mm.pgtables.deposits += 1
         return None
     folio = k.alloc_folio(k.geometry.pmd_order)
     if folio is None:
@@ -138,6 +139,9 @@ def map_anon_folio_pmd(k: Kernel, vma: VMA, addr: int, folio: Folio) -> None:
     folio.index = vma.linear_page_index(addr & ~(k.geometry.pmd_size - 1), k.page_shift)
     folio.lru = True
     pmd_no = addr >> k.geometry.pmd_shift
+    old = vma.mm.pgtables.pmd_leaves.get(pmd_no)
+    if old is None or not old.deposited:
+        vma.mm.pgtables.deposits += 1  # a huge zero PMD's deposited table is reused
     vma.mm.pgtables.pmd_leaves[pmd_no] = Leaf(
         folio, write=bool(vma.flags & VM.WRITE), dirty=True, young=True, deposited=True
     )
@@ -255,6 +259,8 @@ def __split_huge_pmd(k: Kernel, vma: VMA, addr: int) -> None:
     leaf = vma.mm.pgtables.pmd_leaves.pop(pmd_no, None)
     if leaf is None:
         return
+    if leaf.deposited:
+        vma.mm.pgtables.deposits -= 1  # withdrawn: it becomes the PTE table (or is freed)
     k.enter("__split_huge_pmd_locked")
     k.vmstat.count_event("thp_split_pmd")
     folio = leaf.folio
@@ -379,9 +385,11 @@ def zap_huge_pmd(k: Kernel, vma: VMA, pmd_no: int) -> None:
         return
     k.enter("zap_huge_pmd")
     folio = leaf.folio
+    if leaf.deposited:
+        vma.mm.pgtables.deposits -= 1  # zap_deposited_table: pte_free + mm_dec_nr_ptes
+    elif folio.zero and vma.is_dax and k.variant.dax_zero_pmd_withdraws_deposit:
+        vma.mm.pgtables.deposits -= 1  # mutant: withdraws a table a DAX zero PMD never had
     if leaf.special:
-        if folio.zero and vma.is_dax and k.variant.dax_zero_pmd_withdraws_deposit:
-            k.reports.warn("zap_huge_pmd", "withdrawing a page table never deposited (DAX zero PMD)")
         return
     if folio.anon:
         rmap.folio_remove_rmap_pmd(k, folio, vma)

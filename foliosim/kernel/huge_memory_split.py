@@ -44,7 +44,7 @@ def split_folio(k: Kernel, folio: Folio) -> bool:
     if not folio.large or folio.zero or not folio.anon:
         return False
     # folio_expected_ref_count() == refcount - 1 (the caller's reference, implicit here).
-    if folio.refcount != folio.folio_mapcount():
+    if folio.refcount != folio.folio_mapcount() and not k.variant.split_ignores_extra_refs:
         if folio.order == pmd_order:
             k.vmstat.count_event("thp_split_page_failed")
         return False

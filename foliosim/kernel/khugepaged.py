@@ -72,6 +72,7 @@ def collapse_anon_pmd(k: Kernel, vma: VMA, haddr: int) -> str | None:
     pgt.pmd_leaves[pmd_no] = Leaf(
         new, write=bool(vma.flags & VM.WRITE), dirty=True, young=True, deposited=True
     )
+    pgt.deposits += 1  # the old PTE table is deposited behind the new PMD
     vma.mm.rss[MM_ANONPAGES] += k.config.pmd_nr - mapped_before
     rmap.deferred_split_folio(k, new, False)
     return None

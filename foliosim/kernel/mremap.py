@@ -103,6 +103,23 @@ def move_vma(
     return new_addr
 
 
+def move_huge_pud(k: Kernel, vma: VMA, pud_no: int, delta: int, end: int) -> None:
+    """move_huge_pud() (mm/mremap.c, 7.1.8), as the fixed variant reaches it: a whole aligned
+    PUD moves with no reference, rmap or RSS change; a partial extent splits it first."""
+    geo = k.geometry
+    lo = pud_no << geo.pud_shift
+    pgt = vma.mm.pgtables
+    if lo + geo.pud_size <= end and not (lo + delta) & (geo.pud_size - 1):
+        leaf = pgt.pud_leaves.pop(pud_no)
+        pgt.pud_leaves[(lo + delta) >> geo.pud_shift] = leaf
+        if k.variant.mremap_pud_drops_rss and not leaf.special:
+            from foliosim.kernel.memory import mm_counter_file
+
+            vma.mm.rss[mm_counter_file(leaf.folio)] -= k.config.pud_nr
+    else:
+        huge_memory.__split_huge_pud(k, vma, lo)
+
+
 def move_page_tables(
     k: Kernel, old: VMA, old_addr: int, new: VMA, new_addr: int, length: int
 ) -> None:
@@ -120,7 +137,10 @@ def move_page_tables(
     delta = new_addr - old_addr
     # PUD leaves: get_old_pud() clears them as bad before the trans-huge check (x86-64).
     for pud_no in [n for n in pgt.pud_leaves if old_addr <= (n << geo.pud_shift) < end]:
-        huge_memory.pud_clear_bad(k, old, pud_no, "get_old_pud")
+        if k.variant.mremap_checks_huge_pud_first:
+            move_huge_pud(k, old, pud_no, delta, end)
+        else:
+            huge_memory.pud_clear_bad(k, old, pud_no, "get_old_pud")
     # PMD leaves: move whole ones when both ends are aligned, else split (anon -> PTEs).
     for pmd_no in [n for n in pgt.pmd_leaves if old_addr <= (n << geo.pmd_shift) < end]:
         lo = pmd_no << geo.pmd_shift

@@ -131,6 +131,9 @@ class PageTables:
     pud_leaves: dict[int, Leaf]
     pmd_leaves: dict[int, Leaf]
     pte_tables: dict[int, PteTable]
+    # Page tables deposited behind PMD leaves (pgtable_trans_huge_deposit/withdraw): a counter
+    # kept where the kernel deposits and withdraws, checked against the leaves' flags.
+    deposits: int = 0
 
     @classmethod
     def empty(cls, ptrs_per_pte: int) -> PageTables:
