@@ -165,7 +165,7 @@ def mutants_run(
     if save:
         for r in results:
             if r.caught:
-                save_finding(save, Finding(0, r.name, r.kind, r.kind, r.shrunk))
+                save_finding(save, Finding(r.seed, r.name, r.kind, r.kind, r.shrunk))
     caught = sum(r.caught for r in results)
     if json_out:
         print(json.dumps({"score": caught / max(len(results), 1),

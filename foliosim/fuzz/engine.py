@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from foliosim.check import check_all
@@ -148,7 +149,7 @@ def shrink(lines: list[str], variant: str | None, outcome: Outcome,
                 i += chunk
         if not reduced:
             chunk //= 2
-    header = _minimal_header(header, body, variant, fails)
+    header = _minimal_header(header, body, variant, fails, want)
     return header + body + ["check"]
 
 
@@ -158,16 +159,15 @@ def _is_setup(line: str) -> bool:
 
 
 def _minimal_header(header: list[str], body: list[str], variant: str | None,
-                    fails: object) -> list[str]:
-    """Drop setup lines the failure does not need (devices, files never used)."""
-    assert callable(fails)
+                    fails: Callable[[list[str]], bool], want: str) -> list[str]:
+    """Drop setup lines (devices, files) the failure does not need."""
     kept = list(header)
     for line in list(header):
-        if line.startswith(("config", "task")):
+        if line.startswith(("config", "task", "memory")):
             continue
         trial = [h for h in kept if h != line]
         out = run_program(trial + body, variant)
-        if out.failed and fails(body) and out.kind == run_program(kept + body, variant).kind:
+        if out.failed and out.kind == want:
             kept = trial
     return kept
 

@@ -19,6 +19,7 @@ class MutantResult:
     seconds: float
     shrunk: list[str]
     kind: str = ""
+    seed: int = -1
 
 
 def hunt(name: str, description: str, budget_s: float, steps: int = 60, base_seed: int = 0,
@@ -35,6 +36,6 @@ def hunt(name: str, description: str, budget_s: float, steps: int = 60, base_see
         if outcome.failed:
             small = shrink(lines, name, outcome, shrink_budget)
             return MutantResult(name, description, True, seed - base_seed, total_steps,
-                                time.monotonic() - start, small, outcome.kind)
+                                time.monotonic() - start, small, outcome.kind, seed - 1)
     return MutantResult(name, description, False, seed - base_seed, total_steps,
                         time.monotonic() - start, [])

@@ -222,6 +222,11 @@ def madvise_collapse(k: Kernel, task: Task, start: int, end: int) -> None:
         if vma is None or not huge_memory.thp_vma_suitable_order(k, vma, addr, geo.pmd_order):
             last_error = "EINVAL"
             continue
+        # Each VMA the range reaches is checked on its own (thp_vma_allowable_order with
+        # TVA_FORCED_COLLAPSE); file and DAX VMAs take collapse_file, not modelled here.
+        if not vma.is_anonymous or vma.flags & VM.NOHUGEPAGE or vma.anon_vma is None:
+            last_error = "EINVAL"
+            continue
         error = collapse_anon_pmd(k, vma, addr)
         if error:
             last_error = error

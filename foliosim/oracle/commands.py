@@ -34,7 +34,8 @@ from foliosim.scenario.statements import parse_text
 
 oracle_app = typer.Typer(no_args_is_help=True,
                          help="Run scenarios on this machine's kernel and compare with the model.")
-console = Console(highlight=False, soft_wrap=True)
+# Wide enough for the statement and both values when the output is not a terminal.
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 150)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 ResultsOpt = Annotated[Path | None, typer.Option(
