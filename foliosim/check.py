@@ -133,6 +133,9 @@ def check_all(k: Kernel) -> list[Violation]:
     for file in k.files.values():
         for f in file.cache.values():
             folios.setdefault(id(f), f)
+    for pins in getattr(k, "pinsets", {}).values():
+        for f, _ in pins.pages:  # a pinned folio may be reachable from nowhere else
+            folios.setdefault(id(f), f)
     extra = _extra_refs(k)
     stats: dict[str, int] = defaultdict(int)
     for key, f in folios.items():
