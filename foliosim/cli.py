@@ -105,6 +105,10 @@ def run(
     except ScenarioError as exc:
         fail_input(exc)
         return
+    except Exception as exc:  # a crash of the model itself, not a user mistake
+        sys.stderr.write(f"{file}: foliosim internal error (a model bug, please report it): "
+                         f"{type(exc).__name__}: {exc}\n")
+        raise typer.Exit(3) from None
     if json_out:
         print(json.dumps(run_json(result), indent=2, default=str))
     else:
