@@ -32,9 +32,17 @@ if TYPE_CHECKING:
     from foliosim.kernel.mm import VMA
 
 
-def filemap_fault(k: Kernel, vma: VMA, addr: int, write: bool) -> tuple[Folio, int] | str:
+def filemap_fault(
+    k: Kernel, vma: VMA, addr: int, write: bool, allow_retry: bool = False
+) -> tuple[Folio, int] | str:
     """->fault for page cache and shmem: the folio caching the page, with one extra
-    reference for the caller, and the page's index inside it; or "SIGBUS" beyond EOF."""
+    reference for the caller, and the page's index inside it; or "SIGBUS" beyond EOF.
+
+    filemap_fault() (mm/filemap.c, 7.1.8): a miss starts synchronous readahead and a hit on a
+    PG_readahead folio asynchronous readahead; both drop the mmap lock for the I/O
+    (maybe_unlock_mmap_for_io) on a first attempt, so the fault returns VM_FAULT_RETRY
+    ("retry") and is taken again — when do_read_fault's fault-around now finds the pages.
+    """
     file = vma.file
     assert file is not None
     index = vma.linear_page_index(addr, k.page_shift)
@@ -46,11 +54,31 @@ def filemap_fault(k: Kernel, vma: VMA, addr: int, write: bool) -> tuple[Folio, i
             folio = shmem_alloc_and_add_folio(k, file, vma, addr, index)
         else:
             page_cache_sync_readahead(k, file, vma, index)
+            if allow_retry:
+                return "retry"
             folio = file.find_folio(index)
         if folio is None:
             return "SIGBUS"  # allocation failed: VM_FAULT_OOM
+    elif folio.readahead and file.kind != "shmem":
+        page_cache_async_ra(k, file, folio)
+        if allow_retry:
+            return "retry"
     k.folio_get(folio)
     return folio, index - folio.index
+
+
+def page_cache_async_ra(k: Kernel, file: BackingFile, folio: Folio) -> None:
+    """do_async_mmap_readahead() -> page_cache_async_ra() (mm/filemap.c, mm/readahead.c,
+    7.1.8): clear PG_readahead and read the next window (get_next_ra_size: with a full-size
+    window of ra_pages the next is ra_pages again, all of it async, so its first page is
+    marked)."""
+    k.enter("page_cache_async_ra")
+    folio.readahead = False
+    start, size, _ = file.ra_window
+    ra = k.policy.read_ahead_pages
+    new_size = 4 * size if size < ra // 16 else (2 * size if size <= ra // 2 else ra)
+    new_size = min(max(new_size, 1), ra)
+    _read_window(k, file, start + size, new_size, new_size)
 
 
 def page_cache_sync_readahead(k: Kernel, file: BackingFile, vma: VMA, index: int) -> None:
@@ -67,15 +95,26 @@ def page_cache_sync_readahead(k: Kernel, file: BackingFile, vma: VMA, index: int
                 folio.refcount -= 1  # the allocation reference is handed to the page cache
                 filemap_add_folio(k, file, folio, start)
                 return
+    # mmap read-around: ra_pages centred on the fault, a quarter of it async (PG_readahead).
     ra = k.policy.read_ahead_pages
-    start = max(0, index - ra // 2)
-    for i in range(start, min(start + ra, end)):
+    _read_window(k, file, max(0, index - ra // 2), ra, ra // 4)
+
+
+def _read_window(k: Kernel, file: BackingFile, start: int, size: int, async_size: int) -> None:
+    """page_cache_ra_order() for order 0: cache the missing pages of [start, start+size)
+    below EOF and mark the page at start + size - async_size PG_readahead."""
+    end = file.size_pages(k.page_shift)
+    file.ra_window = (start, size, async_size)
+    mark = start + size - async_size
+    for i in range(start, min(start + size, end)):
         if file.find_folio(i) is None:
             folio = k.alloc_folio(0)
             if folio is None:
                 return
             folio.refcount -= 1
             filemap_add_folio(k, file, folio, i)
+            if i == mark and async_size:
+                folio.readahead = True
 
 
 def shmem_huge_allowed(k: Kernel, file: BackingFile, vma: VMA | None, index: int) -> bool:
@@ -175,8 +214,8 @@ def filemap_map_pages(k: Kernel, vma: VMA, addr: int) -> None:
         if index >= eof:
             break
         folio = file.find_folio(index)
-        if folio is None:
-            continue
+        if folio is None or folio.readahead:
+            continue  # next_uptodate_folio() skips PG_readahead folios
         page = index - folio.index
         k.folio_get(folio)
         rmap.folio_add_file_rmap_ptes(k, folio, page, 1, vma)

@@ -30,6 +30,8 @@ class BackingFile:
     # Whether the filesystem has ->page_mkwrite, so shared writable mappings are write-notify
     # (vma_wants_writenotify): a read fault maps read-only and the first write faults again.
     page_mkwrite: bool = True
+    # file_ra_state of the (single) opener: start, size, async_size of the last window.
+    ra_window: tuple[int, int, int] = (0, 0, 0)
 
     def size_pages(self, page_shift: int) -> int:
         return (self.size + (1 << page_shift) - 1) >> page_shift

@@ -234,11 +234,16 @@ def do_read_fault(k: Kernel, vma: VMA, addr: int) -> str | None:
     aligned fault_around_bytes window; if that did not map addr, ->fault reads the page (with
     read-around into the cache) and finish_fault() maps it."""
     k.enter("do_read_fault")
-    if should_fault_around(k, vma):
-        filemap_map_pages(k, vma, addr)
-        if _mapped(k, vma, addr):
-            return None
-    result = filemap_fault(k, vma, addr, write=False)
+    # A first attempt may end in VM_FAULT_RETRY after readahead I/O; the retried fault
+    # (FAULT_FLAG_TRIED) goes through fault-around again and cannot retry a second time.
+    for attempt in (0, 1):
+        if should_fault_around(k, vma):
+            filemap_map_pages(k, vma, addr)
+            if _mapped(k, vma, addr):
+                return None
+        result = filemap_fault(k, vma, addr, write=False, allow_retry=attempt == 0)
+        if result != "retry":
+            break
     if isinstance(result, str):
         return result
     folio, page = result

@@ -52,6 +52,7 @@ class Folio:
         "pgmap",
         "pincount",
         "pins_small",
+        "readahead",
         "referenced",
         "refcount",
         "reserved",
@@ -89,6 +90,7 @@ class Folio:
         self.index = 0
         self.pgmap: DevPagemap | None = None
         self.share = 0
+        self.readahead = False  # PG_readahead: reaching it triggers async readahead
 
     # ---- shape -------------------------------------------------------------------------
     @property
