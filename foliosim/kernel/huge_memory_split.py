@@ -132,3 +132,89 @@ def thp_underused(k: Kernel, folio: Folio) -> bool:
         return False
     written = 0 if folio.written is None else int(folio.written.sum())
     return folio.nr_pages - written > limit
+
+
+def buddy_pieces(order: int, at: int) -> list[tuple[int, int]]:
+    """The (first page, order) pieces a non-uniform split of a 2**order folio to order 0 at
+    page ``at`` leaves: halve the part holding ``at`` until it is one page (folio_split)."""
+    pieces = []
+    lo = 0
+    o = order
+    while o > 0:
+        o -= 1
+        half = 1 << o
+        if at < lo + half:
+            pieces.append((lo + half, o))
+        else:
+            pieces.append((lo, o))
+            lo += half
+    pieces.append((lo, 0))
+    return sorted(pieces)
+
+
+def split_file_folio(k: Kernel, folio: Folio, at: int) -> list[Folio] | None:
+    """try_folio_split_to_order() -> folio_split() (mm/huge_memory.c, 7.1.8) of a page-cache
+    or shmem folio at page ``at`` to order 0, non-uniformly (see buddy_pieces).
+
+    Refused (None, THP_SPLIT_PAGE_FAILED for PMD-sized folios) when the folio holds
+    references beyond the page cache's and its mappings' (a pin). PMD mappings are dropped
+    (file PMDs are not remapped by PTEs: they refault); PTE mappings move to the new folios,
+    which each hold their own page-cache references. Left out: writeback, mlock, swapcache.
+    """
+    from foliosim.kernel.files import BackingFile
+    from foliosim.kernel.huge_memory import __split_huge_pmd
+    from foliosim.kernel.pgtable import PTE_DIRTY, PTE_WRITE, PTE_YOUNG
+
+    k.enter("folio_split")
+    file = folio.mapping
+    pmd_order = k.geometry.pmd_order
+    if not folio.large or not isinstance(file, BackingFile) or file.cache.get(folio.index) is not folio:
+        return None
+    if folio.refcount != folio.nr_pages + folio.folio_mapcount():
+        if folio.order == pmd_order:
+            k.vmstat.count_event("thp_split_page_failed")
+        return None
+    for ref in k.rmap_walk(folio):
+        if ref.level == "pmd":
+            __split_huge_pmd(k, _vma_at(k, ref.mm, ref.addr), ref.addr)
+    saved = []
+    for ref in k.rmap_walk(folio):
+        assert ref.table is not None
+        vma = _vma_at(k, ref.mm, ref.addr)
+        saved.append((ref, vma, int(ref.table.bits[ref.slot])))
+        rmap.folio_remove_rmap_ptes(k, folio, ref.page, 1, vma)
+        ref.table.clear(ref.slot)
+        folio.refcount -= 1
+    del file.cache[folio.index]
+    if folio.order == pmd_order:
+        k.vmstat.mod("nr_shmem_hugepages" if file.kind == "shmem" else "nr_file_hugepages",
+                     -folio.nr_pages)
+    k.physmem.folios.pop(folio.pfn, None)
+    folio.freed = True
+    folio.refcount = 0
+    pieces: list[Folio] = []
+    for first, order in buddy_pieces(folio.order, at):
+        piece = Folio(folio.pfn + first, order)
+        piece.refcount = piece.nr_pages  # the page cache's references
+        piece.mapping = file
+        piece.index = folio.index + first
+        piece.swapbacked = folio.swapbacked
+        piece.dirty = folio.dirty
+        piece.lru = True
+        if folio.written is not None and folio.written[first : first + piece.nr_pages].any():
+            piece.written_array()[:] = folio.written[first : first + piece.nr_pages]
+        k.physmem._register(piece)
+        file.cache[piece.index] = piece
+        file.orders.add(order)
+        k.touched.add(piece)
+        pieces.append(piece)
+    for ref, vma, bits in saved:
+        piece = next(p for p in pieces if p.index <= folio.index + ref.page < p.index + p.nr_pages)
+        page = folio.index + ref.page - piece.index
+        piece.refcount += 1
+        rmap.folio_add_file_rmap_ptes(k, piece, page, 1, vma)
+        assert ref.table is not None
+        ref.table.set(ref.slot, piece, page, bits & (PTE_WRITE | PTE_DIRTY | PTE_YOUNG))
+    if folio.order == pmd_order:
+        k.vmstat.count_event("thp_split_page")
+    return pieces

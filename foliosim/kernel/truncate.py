@@ -42,17 +42,34 @@ def unmap_mapping_range(
 
 
 def truncate_inode_pages_range(k: Kernel, file: BackingFile, first: int, last: int | None) -> None:
-    """truncate_inode_pages_range(): drop cached folios wholly inside [first, last)."""
+    """truncate_inode_pages_range() / shmem_undo_range() (mm/truncate.c, mm/shmem.c, 7.1.8):
+    a large folio straddling an end of the range goes through truncate_inode_partial_folio():
+    split non-uniformly at the boundary (try_folio_split_to_order); a clean page-cache head
+    piece is dropped too, a dirty or shmem one kept. If the split fails (a pin), the folio
+    stays whole, unmapped from every process unless it is shmem. Then every folio wholly
+    inside the range is removed."""
+    from foliosim.kernel.huge_memory_split import split_file_folio
+
     k.enter("truncate_inode_pages_range")
+    for boundary in (first, last):
+        if boundary is None:
+            continue
+        folio = file.find_folio(boundary)
+        if folio is None or folio.index == boundary:
+            continue
+        end = folio.index + folio.nr_pages
+        pieces = split_file_folio(k, folio, boundary - folio.index)
+        if pieces is None:
+            if file.kind != "shmem":
+                unmap_mapping_range(k, file, folio.index, end, even_cows=False)
+        elif boundary == first and file.kind != "shmem" and not pieces[0].dirty:
+            head = pieces[0]
+            unmap_mapping_range(k, file, head.index, head.index + head.nr_pages, even_cows=False)
+            filemap_remove_folio(k, file, head)
     for index, folio in sorted(file.cache.items()):
         end = index + folio.nr_pages
-        inside = index >= first and (last is None or end <= last)
-        if inside:
+        if index >= first and (last is None or end <= last):
             filemap_remove_folio(k, file, folio)
-        elif index < (last if last is not None else end) and end > first:
-            # Straddling large folio: kept (split not modelled); page cache unmaps it.
-            if file.kind != "shmem":
-                unmap_mapping_range(k, file, index, end, even_cows=False)
 
 
 def do_truncate(k: Kernel, file: BackingFile, size: int) -> None:
