@@ -46,9 +46,16 @@ def fuzz_command(
     save: Annotated[Path, typer.Option(help="Directory for shrunk counterexamples.")] = Path("fuzz-out"),
     state: Annotated[Path | None, typer.Option(help="Campaign state file (written atomically).")] = None,
     resume: Annotated[bool, typer.Option(help="Skip seeds the state file says are done.")] = False,
+    engine: Annotated[str, typer.Option(help="programs (generated as data, fast) or hypothesis (RuleBasedStateMachine).")] = "programs",
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Fuzz the model with generated scenario programs; every invariant after every step."""
+    if engine == "hypothesis":
+        _hypothesis(variant, programs, steps, seed, save, json_out)
+        return
+    if engine != "programs":
+        err.print(f"unknown engine '{engine}' (programs, hypothesis)")
+        raise typer.Exit(2)
     base = seed if seed is not None else random.SystemRandom().randrange(1 << 30)
     if not json_out:
         err.print(f"foliosim fuzz: variant {variant}, base seed {base} (replay one program with "
@@ -89,6 +96,36 @@ def fuzz_command(
     else:
         _print_summary(summary, base, paths)
     raise typer.Exit(1 if summary.findings else 0)
+
+
+def _hypothesis(variant: str, examples: int, steps: int, seed: int | None, save: Path,
+                json_out: bool) -> None:
+    from foliosim.fuzz.campaign import Finding
+    from foliosim.fuzz.hypo import hypothesis_campaign
+
+    result = hypothesis_campaign(variant, examples, steps, seed)
+    path = None
+    if result.failure:
+        path = save_finding(save, Finding(seed or 0, variant, "hypothesis", result.failure,
+                                          result.scenario))
+    rate = result.steps / result.seconds if result.seconds else 0.0
+    if json_out:
+        print(json.dumps({"engine": "hypothesis", "variant": variant, "examples": result.examples,
+                          "steps": result.steps, "seconds": round(result.seconds, 3),
+                          "steps_per_second": round(rate, 1), "failure": result.failure,
+                          "scenario": result.scenario, "saved": str(path) if path else None}))
+    else:
+        table = Table(title=f"foliosim fuzz --engine hypothesis — {variant}")
+        for col in ("examples", "steps", "seconds", "steps/s", "failure"):
+            table.add_column(col)
+        table.add_row(str(result.examples), str(result.steps), f"{result.seconds:.1f}",
+                      f"{rate:.0f}", "yes" if result.failure else "no")
+        console.print(table)
+        if result.failure:
+            console.print(result.failure.splitlines()[0], markup=False)
+            console.print("\n".join(result.scenario), markup=False)
+            console.print(f"saved: {path}")
+    raise typer.Exit(1 if result.failure else 0)
 
 
 def _summary_json(summary: Summary, base: int, paths: list[str]) -> dict[str, object]:

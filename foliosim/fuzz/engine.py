@@ -162,13 +162,17 @@ def _minimal_header(header: list[str], body: list[str], variant: str | None,
                     fails: Callable[[list[str]], bool], want: str) -> list[str]:
     """Drop setup lines (devices, files) the failure does not need."""
     kept = list(header)
-    for line in list(header):
-        if line.startswith(("config", "task", "memory")):
-            continue
-        trial = [h for h in kept if h != line]
-        out = run_program(trial + body, variant)
-        if out.failed and out.kind == want:
-            kept = trial
+    changed = True
+    while changed:  # a device can go only after the files on it: repeat until stable
+        changed = False
+        for line in list(kept):
+            if line.startswith(("config", "task", "memory")):
+                continue
+            trial = [h for h in kept if h != line]
+            out = run_program(trial + body, variant)
+            if out.failed and out.kind == want:
+                kept = trial
+                changed = True
     return kept
 
 
