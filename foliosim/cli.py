@@ -239,6 +239,10 @@ from foliosim.oracle.commands import oracle_app  # noqa: E402
 
 app.add_typer(oracle_app, name="oracle")
 
+from foliosim.oracle_qemu.commands import register as register_qemu  # noqa: E402
+
+register_qemu(oracle_app)
+
 from foliosim.cli_fuzz import fuzz_command, mutants_app  # noqa: E402
 
 app.command("fuzz")(fuzz_command)

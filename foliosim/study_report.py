@@ -213,3 +213,8 @@ def review(
         output.write_text(text)
     elif not json_out:
         print(text)
+
+
+from foliosim.study_ownership import register as _register_ownership  # noqa: E402
+
+_register_ownership(study_app)

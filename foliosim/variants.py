@@ -70,6 +70,11 @@ class Variant:
     split_page_forgets_tail_ref: bool = False
     shrinker_splits_mapped_whole: bool = False
     split_ignores_extra_refs: bool = False
+    # reference-ownership mutants: a put before the last use of the folio
+    zap_pmd_put_early: bool = False
+    cow_put_early: bool = False
+    truncate_put_early: bool = False
+    unpin_put_early: bool = False
     zero_pmd_takes_ref: bool = False
     dax_pte_double_ref: bool = False
 

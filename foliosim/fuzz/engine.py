@@ -63,7 +63,8 @@ def known_defect(run: Run) -> str | None:
 
 
 def run_program(lines: list[str], variant: str | None, check: bool = True,
-                full_check: bool = False, allow_known: bool = False) -> Outcome:
+                full_check: bool = False, allow_known: bool = False,
+                ownership: bool = True) -> Outcome:
     """Run program text statement by statement; stop at the first failure. Invariants are
     checked incrementally after every statement (``full_check``: the whole model each time)."""
     text = "\n".join(lines) + "\n"
@@ -77,6 +78,7 @@ def run_program(lines: list[str], variant: str | None, check: bool = True,
         return Outcome(False, "invalid", str(exc))
     run = Run("<fuzz>", kernel)
     kernel.pinsets = run.pins  # type: ignore[attr-defined]
+    kernel.ownership.enabled = ownership
     checker = IncrementalChecker(kernel)
     steps = 0
     seen_reports = 0
@@ -88,7 +90,7 @@ def run_program(lines: list[str], variant: str | None, check: bool = True,
         if outcome is None:
             reports = kernel.reports.reports
             for rep in reports[seen_reports:]:
-                if rep.kind in FAILING_REPORTS:
+                if rep.kind.startswith(FAILING_REPORTS):
                     outcome = Outcome(True, "report", rep.render(), stmt.line)
                     break
             seen_reports = len(reports)

@@ -52,7 +52,7 @@ class LiveRun:
     def failure(self) -> str | None:
         reports = self.kernel.reports.reports
         for rep in reports[self.seen_reports :]:
-            if rep.kind in FAILING_REPORTS:
+            if rep.kind.startswith(FAILING_REPORTS):
                 return rep.render()
         self.seen_reports = len(reports)
         violations = self.checker.check()

@@ -23,14 +23,14 @@ class MutantResult:
 
 
 def hunt(name: str, description: str, budget_s: float, steps: int = 60, base_seed: int = 0,
-         shrink_budget: float = 10.0) -> MutantResult:
+         shrink_budget: float = 10.0, ownership: bool = True) -> MutantResult:
     """Run programs under the mutant until one fails (or the budget runs out)."""
     start = time.monotonic()
     total_steps = 0
     seed = base_seed
     while time.monotonic() - start < budget_s:
         lines = Generator(seed, variant=name, known_defects=False).program(steps)
-        outcome = run_program(lines, name)
+        outcome = run_program(lines, name, ownership=ownership)
         total_steps += outcome.steps
         seed += 1
         if outcome.failed:

@@ -67,12 +67,21 @@ def filemap_remove_folio(k: Kernel, file: BackingFile, folio: Folio) -> None:
     """filemap_remove_folio() + folio_put_refs(nr): drop the cache's references (7.1.8)."""
     if file.cache.get(folio.index) is not folio:
         return
-    del file.cache[folio.index]
     nr = folio.nr_pages
-    k.vmstat.mod("nr_file_pages", -nr)
-    if file.kind == "shmem":
-        k.vmstat.mod("nr_shmem", -nr)
-    if folio.order == k.config.geometry.pmd_order and folio.order > 0:
-        k.vmstat.mod("nr_shmem_hugepages" if file.kind == "shmem" else "nr_file_hugepages", -nr)
-    folio.mapping = None
-    k.folio_put(folio, nr)
+    with k.ownership.context("truncate_inode_folio") as ctx:
+        del file.cache[folio.index]
+        ctx.get(folio, nr)  # the cache's references pass to the remover
+        if k.variant.truncate_put_early:
+            k.folio_put(folio, nr)  # mutant: dropped before the last use
+            ctx.put(folio, nr)
+        ctx.touch(folio, "__filemap_remove_folio: counters and folio->mapping")
+        k.vmstat.mod("nr_file_pages", -nr)
+        if file.kind == "shmem":
+            k.vmstat.mod("nr_shmem", -nr)
+        if folio.order == k.config.geometry.pmd_order and folio.order > 0:
+            item = "nr_shmem_hugepages" if file.kind == "shmem" else "nr_file_hugepages"
+            k.vmstat.mod(item, -nr)
+        folio.mapping = None
+        if not k.variant.truncate_put_early:
+            k.folio_put(folio, nr)
+            ctx.put(folio, nr)

@@ -63,13 +63,21 @@ def gup_put_folio(k: Kernel, folio: Folio, pin: bool) -> None:
     if folio.kind == "zero":
         return
     k.vmstat.mod("nr_foll_pin_released", 1)
-    if folio.large:
-        if not k.variant.unpin_forgets_pincount:
-            folio.pincount -= 1
-        k.folio_put(folio)
-    else:
-        folio.pins_small -= 1
-        k.folio_put(folio, 1 if k.variant.pin_takes_one_ref else GUP_PIN_COUNTING_BIAS)
+    refs = 1 if folio.large or k.variant.pin_takes_one_ref else GUP_PIN_COUNTING_BIAS
+    with k.ownership.context("unpin_user_page") as ctx:
+        ctx.get(folio, refs)  # the pin's references
+        if k.variant.unpin_put_early:
+            k.folio_put(folio, refs)  # mutant: put before the pincount update
+            ctx.put(folio, refs)
+        ctx.touch(folio, "atomic_sub(refs, &folio->_pincount)")
+        if folio.large:
+            if not k.variant.unpin_forgets_pincount:
+                folio.pincount -= 1
+        else:
+            folio.pins_small -= 1
+        if not k.variant.unpin_put_early:
+            k.folio_put(folio, refs)
+            ctx.put(folio, refs)
 
 
 def pin_user_pages(

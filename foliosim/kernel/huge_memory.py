@@ -328,22 +328,29 @@ def __split_huge_pud(k: Kernel, vma: VMA, addr: int) -> None:
     if not vma.is_dax or leaf.special:
         return
     folio = leaf.folio
-    if leaf.dirty:
-        folio.dirty = True
-    if leaf.young:
-        folio.referenced = True
     variant = k.variant
-    if not variant.split_pud_forgets_rmap and variant.dax_mapcount:
-        rmap.folio_remove_rmap_pud(k, folio, vma)
-    if variant.split_pud_put_before_rss:
-        if not variant.split_pud_forgets_put:
-            k.folio_put(folio)
-        k.ownership.read_after_put(folio, "__split_huge_pud_locked", "mm_counter_file(folio)")
-        vma.mm.rss[mm_counter_file(folio)] -= k.config.pud_nr
-    else:
-        vma.mm.rss[mm_counter_file(folio)] -= k.config.pud_nr
-        if not variant.split_pud_forgets_put:
-            k.folio_put(folio)
+    with k.ownership.context("__split_huge_pud_locked") as ctx:
+        ctx.entry_cleared(folio)  # pudp_huge_clear_flush: the PUD's reference is ours now
+        ctx.touch(folio, "folio_mark_dirty/folio_set_referenced")
+        if leaf.dirty:
+            folio.dirty = True
+        if leaf.young:
+            folio.referenced = True
+        if not variant.split_pud_forgets_rmap and variant.dax_mapcount:
+            ctx.touch(folio, "folio_remove_rmap_pud")
+            rmap.folio_remove_rmap_pud(k, folio, vma)
+        if variant.split_pud_put_before_rss:
+            if not variant.split_pud_forgets_put:
+                k.folio_put(folio)
+                ctx.put(folio)
+            ctx.touch(folio, "mm_counter_file(folio)")
+            vma.mm.rss[mm_counter_file(folio)] -= k.config.pud_nr
+        else:
+            ctx.touch(folio, "mm_counter_file(folio)")
+            vma.mm.rss[mm_counter_file(folio)] -= k.config.pud_nr
+            if not variant.split_pud_forgets_put:
+                k.folio_put(folio)
+                ctx.put(folio)
 
 
 def pud_clear_bad(k: Kernel, vma: VMA, pud_no: int, site: str) -> None:
@@ -391,20 +398,27 @@ def zap_huge_pmd(k: Kernel, vma: VMA, pmd_no: int) -> None:
         vma.mm.pgtables.deposits -= 1  # mutant: withdraws a table a DAX zero PMD never had
     if leaf.special:
         return
-    if folio.anon:
-        rmap.folio_remove_rmap_pmd(k, folio, vma)
-    elif folio.zone_device and not k.variant.dax_refcounted:
+    if folio.zone_device and not k.variant.dax_refcounted:
         return
-    else:
-        if k.variant.dax_mapcount or not folio.zone_device:
+    with k.ownership.context("zap_huge_pmd") as ctx:
+        ctx.entry_cleared(folio)  # pmdp_huge_get_and_clear_full: the entry's reference
+        ctx.touch(folio, "folio_remove_rmap_pmd")
+        if folio.anon or k.variant.dax_mapcount or not folio.zone_device:
             rmap.folio_remove_rmap_pmd(k, folio, vma)
-        if leaf.dirty:
-            folio.dirty = True
-        if leaf.young:
-            folio.referenced = True
-    if not k.variant.zap_pmd_forgets_rss:
-        vma.mm.rss[mm_counter(folio)] -= k.config.pmd_nr
-    k.folio_put(folio)
+        if not folio.anon:
+            if leaf.dirty:
+                folio.dirty = True
+            if leaf.young:
+                folio.referenced = True
+        if k.variant.zap_pmd_put_early:
+            k.folio_put(folio)  # mutant: the reference goes before the last use
+            ctx.put(folio)
+        if not k.variant.zap_pmd_forgets_rss:
+            ctx.touch(folio, "mm_counter(folio)")
+            vma.mm.rss[mm_counter(folio)] -= k.config.pmd_nr
+        if not k.variant.zap_pmd_put_early:
+            ctx.hand_over(folio, to="mmu_gather")  # tlb_remove_page_size
+            k.folio_put(folio)
 
 
 def zap_huge_pud(k: Kernel, vma: VMA, pud_no: int) -> None:
@@ -428,8 +442,13 @@ def zap_huge_pud(k: Kernel, vma: VMA, pud_no: int) -> None:
             k.reports.bug("zap_huge_pud", "BUG_ON(vma_is_anonymous(vma))")
         else:
             k.reports.vm_warn("zap_huge_pud", "anonymous VMA with a PUD leaf", once=True)
-    if k.variant.dax_mapcount or not folio.zone_device:
-        rmap.folio_remove_rmap_pud(k, folio, vma)
-    if not k.variant.zap_pud_forgets_rss:
-        vma.mm.rss[mm_counter_file(folio)] -= k.config.pud_nr
-    k.folio_put(folio)
+    with k.ownership.context("zap_huge_pud") as ctx:
+        ctx.entry_cleared(folio)  # pudp_huge_get_and_clear_full
+        if k.variant.dax_mapcount or not folio.zone_device:
+            ctx.touch(folio, "folio_remove_rmap_pud")
+            rmap.folio_remove_rmap_pud(k, folio, vma)
+        if not k.variant.zap_pud_forgets_rss:
+            ctx.touch(folio, "mm_counter_file(folio)")
+            vma.mm.rss[mm_counter_file(folio)] -= k.config.pud_nr
+        ctx.hand_over(folio, to="mmu_gather")  # tlb_remove_page_size
+    k.folio_put(folio)  # tlb_finish_mmu frees the batch

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from foliosim.config import KernelConfig
 from foliosim.kernel.files import BackingFile
 from foliosim.kernel.mm import MM
+from foliosim.kernel.ownership import Ownership
 from foliosim.kernel.physmem import Folio, OutOfMemory, PhysMem
 from foliosim.kernel.reports import ReportLog, VmStat
 from foliosim.kernel.walk import Mapping, MappingRef, lookup, mappings_of
@@ -173,25 +174,3 @@ class Kernel:
 
 def _round_up(n: int, align: int) -> int:
     return (n + align - 1) // align * align
-
-
-class Ownership:
-    """Reference-ownership checks of the model's kernel paths (see docs/ownership.md).
-
-    Strict ownership: once a path has put its reference it may not touch the folio again,
-    whatever other references keep it alive. Reports are KASAN-style.
-    """
-
-    def __init__(self, k: Kernel) -> None:
-        self.k = k
-        self.enabled = True
-
-    def read_after_put(self, folio: Folio, site: str, what: str) -> None:
-        if not self.enabled:
-            return
-        self.k.reports.add(
-            "BUG",
-            site,
-            f"KASAN: use-after-put in {site}: {what} read after folio_put() "
-            f"(pfn {folio.pfn:#x}, refcount now {folio.refcount})",
-        )

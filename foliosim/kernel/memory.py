@@ -380,14 +380,31 @@ def wp_page_copy(k: Kernel, vma: VMA, addr: int, old: Folio, page: int) -> str |
     assert table is not None
     slot = (addr >> k.page_shift) & (k.geometry.ptrs_per_pte - 1)
     special = bool(table.bits[slot] & PTE_SPECIAL)
-    if not special:
+    if special:  # the zero page: a zeroed new page, nothing to give back
+        table.clear(slot)
+        _map_new_anon_page(k, vma, addr, new)
+        return None
+    with k.ownership.context("wp_page_copy") as ctx:
+        # do_wp_page took a temporary reference (folio_get) before calling us.
+        k.folio_get(old)
+        ctx.get(old)
+        if k.variant.cow_put_early:
+            k.folio_put(old, 2)  # mutant: both references dropped before the copy
+            table.clear(slot)
+            ctx.entry_cleared(old)
+            ctx.put(old, 2)
+        ctx.touch(old, "copy_mc_user_highpage(old)")
+        if old.page_written(page):
+            new.written_array()[0] = True
+        if not k.variant.cow_put_early:
+            table.clear(slot)  # ptep_clear_flush: the PTE's reference is ours
+            ctx.entry_cleared(old)
+        ctx.touch(old, "mm_counter(old) / folio_remove_rmap_pte(old)")
         vma.mm.rss[mm_counter(old)] -= 1
         if not k.variant.cow_forgets_old_rmap and (k.variant.dax_mapcount or not old.zone_device):
             rmap.folio_remove_rmap_ptes(k, old, page, 1, vma)
-    if old.page_written(page):
-        new.written_array()[0] = True
-    table.clear(slot)
-    _map_new_anon_page(k, vma, addr, new)
-    if not special:
-        k.folio_put(old)
+        _map_new_anon_page(k, vma, addr, new)
+        if not k.variant.cow_put_early:
+            k.folio_put(old, 2)  # the PTE's reference and do_wp_page's temporary one
+            ctx.put(old, 2)
     return None
