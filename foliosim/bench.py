@@ -39,13 +39,17 @@ def devdax_pud_walk(size_gib: int) -> str:
 
 
 def anon_4k(mib: int) -> str:
-    return (f"config thp=never\ntask A\nA: m = mmap {mib}M\nA: write m {mib}M\nA: fork B\n"
-            f"A: munmap m {mib}M\nB: exit\n")
+    return (
+        f"config thp=never\ntask A\nA: m = mmap {mib}M\nA: write m {mib}M\nA: fork B\n"
+        f"A: munmap m {mib}M\nB: exit\n"
+    )
 
 
 def anon_thp(mib: int) -> str:
-    return (f"config thp=always\ntask A\nA: m = mmap {mib}M\nA: write m {mib}M\nA: fork B\n"
-            f"A: munmap m {mib}M\nB: exit\n")
+    return (
+        f"config thp=always\ntask A\nA: m = mmap {mib}M\nA: write m {mib}M\nA: fork B\n"
+        f"A: munmap m {mib}M\nB: exit\n"
+    )
 
 
 def split_pmds(n: int) -> str:
@@ -56,14 +60,18 @@ def split_pmds(n: int) -> str:
 
 def workloads(quick: bool) -> list[tuple[str, str, str]]:
     sizes = (1, 64) if quick else (1, 64, 1024)
-    out = [(f"devdax {s} GiB PUD fault+fork+munmap", devdax_pud_walk(s), f"{s} PUDs")
-           for s in sizes]
+    out = [
+        (f"devdax {s} GiB PUD fault+fork+munmap", devdax_pud_walk(s), f"{s} PUDs") for s in sizes
+    ]
     mib = 64 if quick else 1024
     out += [
         (f"anon {mib} MiB 4K fault+fork+munmap", anon_4k(mib), f"{mib * 256} PTEs"),
         (f"anon {mib} MiB PMD THP fault+fork+munmap", anon_thp(mib), f"{mib // 2} PMDs"),
-        ("split 64 PMDs (mprotect half)" if quick else "split 512 PMDs (mprotect half)",
-         split_pmds(64 if quick else 512), "PMD splits"),
+        (
+            "split 64 PMDs (mprotect half)" if quick else "split 512 PMDs (mprotect half)",
+            split_pmds(64 if quick else 512),
+            "PMD splits",
+        ),
     ]
     return out
 

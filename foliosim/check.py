@@ -10,8 +10,8 @@ invariant yields a :class:`Violation` with a __dump_folio-style dump.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -69,12 +69,17 @@ def check_all(k: Kernel) -> list[Violation]:
     out: list[Violation] = []
     for mm in k.live_mms():
         rss = [0, 0, 0, 0]
-        for kind_nr, leaves in ((k.config.pud_nr, mm.pgtables.pud_leaves), (k.config.pmd_nr, mm.pgtables.pmd_leaves)):
+        for kind_nr, leaves in (
+            (k.config.pud_nr, mm.pgtables.pud_leaves),
+            (k.config.pmd_nr, mm.pgtables.pmd_leaves),
+        ):
             for n, leaf in leaves.items():
                 shift = geo.pud_shift if kind_nr == k.config.pud_nr else geo.pmd_shift
                 vma = mm.find_vma(n << shift)
                 if vma is None or (n << shift) + (kind_nr << k.page_shift) > vma.end:
-                    out.append(Violation("leaf-in-vma", f"huge leaf at {n << shift:#x} outside a VMA"))
+                    out.append(
+                        Violation("leaf-in-vma", f"huge leaf at {n << shift:#x} outside a VMA")
+                    )
                 if leaf.special:
                     continue
                 f = leaf.folio
@@ -133,8 +138,13 @@ def check_deposits(mm: MM) -> list[Violation]:
     with the PMD leaves that carry one."""
     carried = sum(1 for leaf in mm.pgtables.pmd_leaves.values() if leaf.deposited)
     if mm.pgtables.deposits != carried:
-        return [Violation("deposit", f"mm {mm.id}: {mm.pgtables.deposits} tables deposited, "
-                          f"{carried} PMD leaves carry one")]
+        return [
+            Violation(
+                "deposit",
+                f"mm {mm.id}: {mm.pgtables.deposits} tables deposited, "
+                f"{carried} PMD leaves carry one",
+            )
+        ]
     return []
 
 
@@ -176,18 +186,31 @@ def _check_folio(k: Kernel, f: Folio, t: Tally, gets: int) -> list[Violation]:
         if f.large_mapcount != mapped_entries:
             bad("large_mapcount", f"large mapcount {f.large_mapcount} != {mapped_entries} entries")
         if f.entire_mapcount != t.pmds + t.puds:
-            bad("entire_mapcount", f"entire mapcount {f.entire_mapcount} != {t.pmds + t.puds} PMD/PUD entries")
+            bad(
+                "entire_mapcount",
+                f"entire mapcount {f.entire_mapcount} != {t.pmds + t.puds} PMD/PUD entries",
+            )
         if t.pmds and t.puds:
             bad("pud-and-pmd", "folio mapped by both PUD and PMD entries")
         if k.config.page_mapcount:
             per_page = t.ptes if t.ptes is not None else np.zeros(f.nr_pages, dtype=np.int64)
-            actual = f.page_mapcounts if f.page_mapcounts is not None else np.zeros(f.nr_pages, dtype=np.int32)
+            actual = (
+                f.page_mapcounts
+                if f.page_mapcounts is not None
+                else np.zeros(f.nr_pages, dtype=np.int32)
+            )
             if not np.array_equal(per_page, actual):
                 first = int(np.flatnonzero(per_page != actual)[0])
-                bad("page_mapcount", f"page {first}: mapcount {int(actual[first])} != {int(per_page[first])} PTEs")
+                bad(
+                    "page_mapcount",
+                    f"page {first}: mapcount {int(actual[first])} != {int(per_page[first])} PTEs",
+                )
             expect_raw = int((per_page > 0).sum()) + (ENTIRELY_MAPPED if t.pmds + t.puds else 0)
             if f.nr_pages_mapped_raw != expect_raw:
-                bad("nr_pages_mapped", f"_nr_pages_mapped {f.nr_pages_mapped_raw:#x} != {expect_raw:#x}")
+                bad(
+                    "nr_pages_mapped",
+                    f"_nr_pages_mapped {f.nr_pages_mapped_raw:#x} != {expect_raw:#x}",
+                )
         if f.pincount < 0:
             bad("pincount", f"negative pincount {f.pincount}")
     elif f.mapcount_small != t.pte_total:
@@ -197,7 +220,10 @@ def _check_folio(k: Kernel, f: Folio, t: Tally, gets: int) -> list[Violation]:
     if f.pgmap is not None and f.pgmap.type == "fsdax" and f.refcount > f.pgmap.idle_refcount:
         owner = f.mapping
         if owner is None or getattr(owner, "entries", {}).get(f.index) is None:
-            bad("fsdax-owner", "a referenced fs-dax folio no file entry owns (its blocks were freed)")
+            bad(
+                "fsdax-owner",
+                "a referenced fs-dax folio no file entry owns (its blocks were freed)",
+            )
     return out
 
 
@@ -216,13 +242,18 @@ def _check_anon(k: Kernel, f: Folio, t: Tally, bad: Callable[[str, str], None]) 
             counts = per_page if f.large else np.array([t.pte_total])
             shared = np.flatnonzero(exclusive & (counts > 1))
             if shared.size:
-                bad("anon-exclusive", f"page {int(shared[0])} is AnonExclusive but mapped "
-                    f"{int(counts[shared[0]])} times")
+                bad(
+                    "anon-exclusive",
+                    f"page {int(shared[0])} is AnonExclusive but mapped "
+                    f"{int(counts[shared[0]])} times",
+                )
     if f.order > 1 and not t.pmds and not t.puds and k.config.page_mapcount:
         mapped = int((t.ptes > 0).sum()) if t.ptes is not None else 0
         if 0 < mapped < f.nr_pages and not (f.partially_mapped and f.deferred):
-            bad("deferred-split", f"{mapped} of {f.nr_pages} pages mapped but not queued as "
-                "partially mapped")
+            bad(
+                "deferred-split",
+                f"{mapped} of {f.nr_pages} pages mapped but not queued as partially mapped",
+            )
 
 
 def _add_stats(k: Kernel, f: Folio, t: Tally, stats: dict[str, int]) -> None:
@@ -239,22 +270,36 @@ def _add_stats(k: Kernel, f: Folio, t: Tally, stats: dict[str, int]) -> None:
     stats["nr_anon_pages" if f.anon else "nr_mapped"] += pages_mapped
     pmd_levels = t.pmds + (t.puds if k.variant.pud_counts_pmdmapped else 0)
     if pmd_levels:
-        item = "nr_anon_transparent_hugepages" if f.anon else (
-            "nr_shmem_pmdmapped" if f.swapbacked else "nr_file_pmdmapped"
+        item = (
+            "nr_anon_transparent_hugepages"
+            if f.anon
+            else ("nr_shmem_pmdmapped" if f.swapbacked else "nr_file_pmdmapped")
         )
         stats[item] += f.nr_pages
 
 
 def _check_stats(k: Kernel, stats: dict[str, int]) -> list[Violation]:
     out = []
-    for item in ("nr_anon_pages", "nr_mapped", "nr_anon_transparent_hugepages",
-                 "nr_shmem_pmdmapped", "nr_file_pmdmapped"):
+    for item in (
+        "nr_anon_pages",
+        "nr_mapped",
+        "nr_anon_transparent_hugepages",
+        "nr_shmem_pmdmapped",
+        "nr_file_pmdmapped",
+    ):
         have = k.vmstat.counters.get(item, 0)
         if have != stats.get(item, 0):
-            out.append(Violation("vmstat", f"{item} is {have}, folios account {stats.get(item, 0)}"))
+            out.append(
+                Violation("vmstat", f"{item} is {have}, folios account {stats.get(item, 0)}")
+            )
     cached = sum(f.nr_pages for file in k.files.values() for f in file.cache.values())
     if k.vmstat.counters.get("nr_file_pages", 0) != cached:
-        out.append(Violation("vmstat", f"nr_file_pages {k.vmstat.counters.get('nr_file_pages', 0)} != {cached} cached"))
+        out.append(
+            Violation(
+                "vmstat",
+                f"nr_file_pages {k.vmstat.counters.get('nr_file_pages', 0)} != {cached} cached",
+            )
+        )
     return out
 
 
@@ -266,7 +311,13 @@ def _check_deferred(k: Kernel) -> list[Violation]:
             out.append(Violation("deferred-split", f"bad queue entry {f!r}", dump_folio(k, f)))
     for f in k.physmem.folios.values():
         if f.deferred and f.pfn not in queue:
-            out.append(Violation("deferred-split", f"{f!r} marked queued but not on the queue", dump_folio(k, f)))
+            out.append(
+                Violation(
+                    "deferred-split", f"{f!r} marked queued but not on the queue", dump_folio(k, f)
+                )
+            )
         if f.partially_mapped and not f.deferred:
-            out.append(Violation("deferred-split", f"partially mapped {f!r} not queued", dump_folio(k, f)))
+            out.append(
+                Violation("deferred-split", f"partially mapped {f!r} not queued", dump_folio(k, f))
+            )
     return out

@@ -31,8 +31,13 @@ if TYPE_CHECKING:
 
 # folio, first page, pages, RSS counter at the time it was mapped (flags change when freed)
 Run = tuple[Folio, int, int, int]
-STAT_ITEMS = ("nr_anon_pages", "nr_mapped", "nr_anon_transparent_hugepages",
-              "nr_shmem_pmdmapped", "nr_file_pmdmapped")
+STAT_ITEMS = (
+    "nr_anon_pages",
+    "nr_mapped",
+    "nr_anon_transparent_hugepages",
+    "nr_shmem_pmdmapped",
+    "nr_file_pmdmapped",
+)
 
 
 class IncrementalChecker:
@@ -58,8 +63,9 @@ class IncrementalChecker:
             rss[counter] += sign * nr
             dirty.add(key)
 
-    def _apply_leaf(self, mm_id: int, level: str, folio: Folio, counter: int, sign: int,
-                    dirty: set[int]) -> None:
+    def _apply_leaf(
+        self, mm_id: int, level: str, folio: Folio, counter: int, sign: int, dirty: set[int]
+    ) -> None:
         key = id(folio)
         self.folios[key] = folio
         t = self.tallies[key]
@@ -71,8 +77,13 @@ class IncrementalChecker:
         self.rss.setdefault(mm_id, [0, 0, 0, 0])[counter] += sign * nr
         dirty.add(key)
 
-    def _sync_mm(self, mm: MM, dirty: set[int], seen_tables: set[tuple[int, int]],
-                 seen_leaves: set[tuple[int, str, int]]) -> None:
+    def _sync_mm(
+        self,
+        mm: MM,
+        dirty: set[int],
+        seen_tables: set[tuple[int, int]],
+        seen_leaves: set[tuple[int, str, int]],
+    ) -> None:
         for pmd_no, table in mm.pgtables.pte_tables.items():
             key = (mm.id, pmd_no)
             seen_tables.add(key)
@@ -82,8 +93,11 @@ class IncrementalChecker:
                 continue
             if old is not None:
                 self._apply_runs(mm.id, old[2], -1, dirty)
-            runs = [(f, page, nr, _rss_index(f))
-                    for _, nr, f, page, special in table.runs() if not special]
+            runs = [
+                (f, page, nr, _rss_index(f))
+                for _, nr, f, page, special in table.runs()
+                if not special
+            ]
             self._apply_runs(mm.id, runs, +1, dirty)
             self.table_runs[key] = (table, table.version, runs)
         for level, leaves in (("pud", mm.pgtables.pud_leaves), ("pmd", mm.pgtables.pmd_leaves)):
@@ -92,11 +106,11 @@ class IncrementalChecker:
                     continue
                 key3 = (mm.id, level, n)
                 seen_leaves.add(key3)
-                old = self.leaves.get(key3)
-                if old is not None and old[0] is leaf.folio:
+                prior = self.leaves.get(key3)
+                if prior is not None and prior[0] is leaf.folio:
                     continue
-                if old is not None:
-                    self._apply_leaf(mm.id, level, old[0], old[1], -1, dirty)
+                if prior is not None:
+                    self._apply_leaf(mm.id, level, prior[0], prior[1], -1, dirty)
                 counter = _rss_index(leaf.folio)
                 self._apply_leaf(mm.id, level, leaf.folio, counter, +1, dirty)
                 self.leaves[key3] = (leaf.folio, counter)
@@ -136,7 +150,9 @@ class IncrementalChecker:
         for item in STAT_ITEMS:
             have = k.vmstat.counters.get(item, 0)
             if have != self.totals[item]:
-                out.append(Violation("vmstat", f"{item} is {have}, folios account {self.totals[item]}"))
+                out.append(
+                    Violation("vmstat", f"{item} is {have}, folios account {self.totals[item]}")
+                )
         live = {mm.id: mm for mm in k.live_mms()}
         for mm in live.values():
             out.extend(check_deposits(mm))
@@ -144,7 +160,11 @@ class IncrementalChecker:
             rss = self.rss.get(mm_id, [0, 0, 0, 0])
             for i, name in ((0, "MM_FILEPAGES"), (1, "MM_ANONPAGES"), (3, "MM_SHMEMPAGES")):
                 if mm.rss[i] != rss[i]:
-                    out.append(Violation("rss", f"mm {mm_id} {name} is {mm.rss[i]}, page tables map {rss[i]}"))
+                    out.append(
+                        Violation(
+                            "rss", f"mm {mm_id} {name} is {mm.rss[i]}, page tables map {rss[i]}"
+                        )
+                    )
         out.extend(self._check_queue(dirty))
         return out
 
@@ -176,5 +196,8 @@ class IncrementalChecker:
 
 
 def describe(checker: IncrementalChecker) -> dict[str, Any]:
-    return {"folios": len(checker.folios), "tables": len(checker.table_runs),
-            "leaves": len(checker.leaves)}
+    return {
+        "folios": len(checker.folios),
+        "tables": len(checker.table_runs),
+        "leaves": len(checker.leaves),
+    }

@@ -51,8 +51,9 @@ def diff_variants(path: Path, variants: list[str] | None = None) -> dict[str, An
     names = variants or list(VARIANTS)
     per_variant: dict[str, list[dict[str, Any]]] = {}
     errors: dict[str, str] = {}
-    sources: list[tuple[int, str]] = [(s.line, s.source) for s in stmts
-                                      if s.kind not in ("config", "memory")]
+    sources: list[tuple[int, str]] = [
+        (s.line, s.source) for s in stmts if s.kind not in ("config", "memory")
+    ]
     for name in names:
         try:
             run = execute(str(path), stmts, variant=name, observe=_observe)
@@ -104,8 +105,12 @@ def print_diff(console: Console, data: dict[str, Any]) -> None:
     for stmt in data["statements"]:
         first = True
         for key, vals in stmt["differences"].items():
-            table.add_row(str(stmt["line"]) if first else "", stmt["source"] if first else "",
-                          key, *[show(vals.get(v)) for v in variants])
+            table.add_row(
+                str(stmt["line"]) if first else "",
+                stmt["source"] if first else "",
+                key,
+                *[show(vals.get(v)) for v in variants],
+            )
             first = False
             shown += 1
     if shown:

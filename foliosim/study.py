@@ -30,25 +30,35 @@ from foliosim.scenario.statements import parse_text
 
 # Each scenario names the (task, address name) pairs probed after every statement.
 SCENARIOS: dict[str, tuple[str, list[tuple[str, str]]]] = {
-    "devdax-1g-pud": ("""
+    "devdax-1g-pud": (
+        """
 devdax dax0 size=2G align=1G
 task A
 A: m = mmap 1G rw shared fd=dax0
 A: write m 4K
-""", [("A", "m")]),
-    "devdax-2m-pmd": ("""
+""",
+        [("A", "m")],
+    ),
+    "devdax-2m-pmd": (
+        """
 devdax dax0 size=1G align=2M
 task A
 A: m = mmap 4M rw shared fd=dax0
 A: write m 2M
-""", [("A", "m")]),
-    "devdax-4k-pte": ("""
+""",
+        [("A", "m")],
+    ),
+    "devdax-4k-pte": (
+        """
 devdax dax0 size=1G align=4K
 task A
 A: m = mmap 64K rw shared fd=dax0
 A: write m 4K
-""", [("A", "m")]),
-    "devdax-1g-fork-refault": ("""
+""",
+        [("A", "m")],
+    ),
+    "devdax-1g-fork-refault": (
+        """
 devdax dax0 size=2G align=1G
 task A
 A: m = mmap 1G rw shared fd=dax0
@@ -56,8 +66,11 @@ A: write m 4K
 A: fork B
 B: write m 4K
 B: munmap m 1G
-""", [("A", "m"), ("B", "m")]),
-    "devdax-2m-two-tasks": ("""
+""",
+        [("A", "m"), ("B", "m")],
+    ),
+    "devdax-2m-two-tasks": (
+        """
 devdax dax0 size=1G align=2M
 task A
 task B
@@ -65,15 +78,21 @@ A: m = mmap 2M rw shared fd=dax0
 B: n = mmap 2M rw shared fd=dax0
 A: write m 4K
 B: write n 4K
-""", [("A", "m"), ("B", "n")]),
-    "fsdax-pte": ("""
+""",
+        [("A", "m"), ("B", "n")],
+    ),
+    "fsdax-pte": (
+        """
 fsdax pmem0 size=1G
 file f size=64K fs=pmem0 filled
 task A
 A: m = mmap 64K rw shared fd=f
 A: write m 4K
-""", [("A", "m")]),
-    "fsdax-pmd-two-tasks": ("""
+""",
+        [("A", "m")],
+    ),
+    "fsdax-pmd-two-tasks": (
+        """
 fsdax pmem0 size=1G
 file f size=4M fs=pmem0 filled
 task A
@@ -82,16 +101,22 @@ A: m = mmap 4M rw shared fd=f align=2M
 B: n = mmap 4M rw shared fd=f align=2M
 A: write m 2M
 B: read n 2M
-""", [("A", "m"), ("B", "n")]),
-    "fsdax-truncate-mapped": ("""
+""",
+        [("A", "m"), ("B", "n")],
+    ),
+    "fsdax-truncate-mapped": (
+        """
 fsdax pmem0 size=1G
 file f size=4M fs=pmem0 filled
 task A
 A: m = mmap 4M rw shared fd=f align=2M
 A: write m 4M
 truncate f 0
-""", [("A", "m")]),
-    "fsdax-pin-truncate": ("""
+""",
+        [("A", "m")],
+    ),
+    "fsdax-pin-truncate": (
+        """
 fsdax pmem0 size=1G
 file f size=64K fs=pmem0 filled
 task A
@@ -100,8 +125,11 @@ A: write m 4K
 A: p = pin m 4K
 truncate f 0
 unpin p
-""", [("A", "m")]),
-    "devdax-2m-pin": ("""
+""",
+        [("A", "m")],
+    ),
+    "devdax-2m-pin": (
+        """
 devdax dax0 size=1G align=2M
 task A
 A: m = mmap 2M rw shared fd=dax0
@@ -109,13 +137,24 @@ A: write m 4K
 A: p = pin m 4K
 A: munmap m 2M
 unpin p
-""", [("A", "m")]),
+""",
+        [("A", "m")],
+    ),
 }
 
 QUERY_FIELDS = (
-    "refcount", "mapcount", "entire_mapcount", "large_mapcount", "folio_mapped",
-    "kpagecount", "precise_mapcount", "maybe_mapped_shared", "dax_busy_page", "smaps_shared",
-    "rss.file", "vmstat.nr_mapped",
+    "refcount",
+    "mapcount",
+    "entire_mapcount",
+    "large_mapcount",
+    "folio_mapped",
+    "kpagecount",
+    "precise_mapcount",
+    "maybe_mapped_shared",
+    "dax_busy_page",
+    "smaps_shared",
+    "rss.file",
+    "vmstat.nr_mapped",
 )
 
 
@@ -219,7 +258,8 @@ def run_scenario(
     base, other = variants[0], variants[1]
     for key in (f"{t}:{n}" for t, n in probes):
         fields = [
-            f for f in QUERY_FIELDS
+            f
+            for f in QUERY_FIELDS
             if any(a[key][f] != b[key][f] for a, b in zip(values[base], values[other], strict=True))
         ]
         differing[key] = fields
@@ -251,9 +291,9 @@ B: munmap o 2M
     path = "<study:mixed>"
     run = execute(path, parse_text(path, text.lstrip()), variant="mainline", check_each=True)
     k = run.kernel
-    out: dict[str, Any] = {"device_level": [
-        {"statement": r.source, "output": list(r.output)} for r in run.results[5:]
-    ]}
+    out: dict[str, Any] = {
+        "device_level": [{"statement": r.source, "output": list(r.output)} for r in run.results[5:]]
+    }
     a, b = k.tasks["A"], k.tasks["B"]
     ma = k.lookup(a.mm, run.names["m"])
     assert ma is not None
@@ -266,10 +306,13 @@ B: munmap o 2M
         return [r.render() for r in k.reports.reports[n:]]
 
     def counters() -> dict[str, int]:
-        return {"refcount": folio.refcount, "entire_mapcount": folio.entire_mapcount,
-                "large_mapcount": folio.large_mapcount,
-                "nr_mapped": k.vmstat.counters.get("nr_mapped", 0),
-                "nr_file_pmdmapped": k.vmstat.counters.get("nr_file_pmdmapped", 0)}
+        return {
+            "refcount": folio.refcount,
+            "entire_mapcount": folio.entire_mapcount,
+            "large_mapcount": folio.large_mapcount,
+            "nr_mapped": k.vmstat.counters.get("nr_mapped", 0),
+            "nr_file_pmdmapped": k.vmstat.counters.get("nr_file_pmdmapped", 0),
+        }
 
     device = vma_b.file
     assert isinstance(device, dax.DaxDevice)
@@ -277,12 +320,19 @@ B: munmap o 2M
     n0 = len(k.reports.reports)
     before = counters()
     result = dax.vmf_insert_folio_pmd(k, vma_b, base, folio, True)
-    out["vmf_insert_folio_pmd"] = {"result": result, "reports": reports_since(n0),
-                                   "counters_before": before, "counters_after": counters()}
+    out["vmf_insert_folio_pmd"] = {
+        "result": result,
+        "reports": reports_since(n0),
+        "counters_before": before,
+        "counters_after": counters(),
+    }
     n1 = len(k.reports.reports)
     ok = rmap.__folio_add_rmap(k, folio, 0, k.config.pmd_nr, vma_b, rmap.Level.PMD)
-    out["folio_add_file_rmap_pmd"] = {"accepted": ok, "reports": reports_since(n1),
-                                      "counters_after": counters()}
+    out["folio_add_file_rmap_pmd"] = {
+        "accepted": ok,
+        "reports": reports_since(n1),
+        "counters_after": counters(),
+    }
     # Force it: what __folio_add_rmap's PMD branch would do had the check not stopped it.
     k.folio_get(folio)
     folio.entire_mapcount += 1
@@ -295,7 +345,8 @@ B: munmap o 2M
         "counters_after": counters(),
         "precise_mapcount_page_1000": folio.precise_page_mapcount(far),
         "entries_mapping_page_1000": sum(
-            1 for r in k.rmap_walk(folio) if r.page <= far < r.page + r.nr),
+            1 for r in k.rmap_walk(folio) if r.page <= far < r.page + r.nr
+        ),
         "invariants": sorted({v.invariant for v in check_all(k)}),
         "violations": [v.render().splitlines()[0] for v in check_all(k)],
     }
@@ -347,16 +398,20 @@ def vmemmap_study(device_bytes: int = 1 << 40) -> dict[str, Any]:
         for i in range(per_folio):
             slot_bytes[i] = (vmemmap_frame_of(i, per_folio, True), i * STRUCT_PAGE % PAGE_SIZE)
         aliases = sum(1 for i in range(per_folio) if slot_bytes[i] == slot_bytes[victim]) - 1
-        rows.append({
-            "align": align, "folio_pages": per_folio, "folios": nr_pages >> order,
-            "can_optimize": __vmemmap_can_optimize(per_folio),
-            "plain_bytes": pgmap.vmemmap_bytes(False),
-            "optimised_bytes": pgmap.vmemmap_bytes(True),
-            "vmemmap_pages_per_folio": (per_folio * STRUCT_PAGE + PAGE_SIZE - 1) // PAGE_SIZE,
-            "distinct_vmemmap_pages_per_folio": len(frames),
-            "struct_pages_initialised": compound_nr_pages(per_folio, True),
-            "pages_aliasing_page_200": aliases,
-        })
+        rows.append(
+            {
+                "align": align,
+                "folio_pages": per_folio,
+                "folios": nr_pages >> order,
+                "can_optimize": __vmemmap_can_optimize(per_folio),
+                "plain_bytes": pgmap.vmemmap_bytes(False),
+                "optimised_bytes": pgmap.vmemmap_bytes(True),
+                "vmemmap_pages_per_folio": (per_folio * STRUCT_PAGE + PAGE_SIZE - 1) // PAGE_SIZE,
+                "distinct_vmemmap_pages_per_folio": len(frames),
+                "struct_pages_initialised": compound_nr_pages(per_folio, True),
+                "pages_aliasing_page_200": aliases,
+            }
+        )
     return {"device_bytes": device_bytes, "rows": rows}
 
 
@@ -403,10 +458,12 @@ def mapcount_cost_study() -> list[dict[str, Any]]:
     vma = k.tasks["A"].mm.find_vma(run.names["m"])
     assert vma is not None
     geo = k.geometry
-    cases = (("1G folio, one PUD", geo.pud_order, "pud"),
-             ("1G folio, every page by a PTE", geo.pud_order, "pte"),
-             ("2M folio, one PMD", geo.pmd_order, "pmd"),
-             ("2M folio, every page by a PTE", geo.pmd_order, "pte"))
+    cases = (
+        ("1G folio, one PUD", geo.pud_order, "pud"),
+        ("1G folio, every page by a PTE", geo.pud_order, "pte"),
+        ("2M folio, one PMD", geo.pmd_order, "pmd"),
+        ("2M folio, every page by a PTE", geo.pmd_order, "pte"),
+    )
     rows = []
     for label, order, how in cases:
         folio = Folio(1 << 30, order, kind="ram")
@@ -417,7 +474,14 @@ def mapcount_cost_study() -> list[dict[str, Any]]:
         else:
             rmap.folio_add_file_rmap_ptes(k, folio, 0, folio.nr_pages, vma)
         fast, slow = CountingFolio(folio), CountingFolio(folio)
-        rows.append({"case": label, "nr_pages": folio.nr_pages,
-                     "large_value": folio_mapcount(fast), "large_reads": fast.reads,
-                     "summed_value": folio_mapcount_summed(slow), "summed_reads": slow.reads})
+        rows.append(
+            {
+                "case": label,
+                "nr_pages": folio.nr_pages,
+                "large_value": folio_mapcount(fast),
+                "large_reads": fast.reads,
+                "summed_value": folio_mapcount_summed(slow),
+                "summed_reads": slow.reads,
+            }
+        )
     return rows

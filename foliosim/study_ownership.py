@@ -73,8 +73,11 @@ MUTANTS = ("zap-pmd-put-early", "cow-put-early", "truncate-put-early", "unpin-pu
 
 def _reports(text: str, variant: str) -> list[str]:
     run = execute("<study>", parse_text("<study>", text), variant=variant)
-    return [f"line {r.line}: {r.kind}: {r.message}" for r in run.kernel.reports.reports
-            if "KASAN" in r.kind or "leak" in r.message]
+    return [
+        f"line {r.line}: {r.kind}: {r.message}"
+        for r in run.kernel.reports.reports
+        if "KASAN" in r.kind or "leak" in r.message
+    ]
 
 
 def _mutant_row(name: str) -> dict[str, Any]:
@@ -83,10 +86,20 @@ def _mutant_row(name: str) -> dict[str, Any]:
         on = run_program(lines, name)
         if on.failed:
             off = run_program(lines, name, ownership=False)
-            return {"mutant": name, "seed": seed, "caught_with_checker": True,
-                    "caught_without_checker": off.failed, "report": on.message.splitlines()[0]}
-    return {"mutant": name, "seed": None, "caught_with_checker": False,
-            "caught_without_checker": False, "report": ""}
+            return {
+                "mutant": name,
+                "seed": seed,
+                "caught_with_checker": True,
+                "caught_without_checker": off.failed,
+                "report": on.message.splitlines()[0],
+            }
+    return {
+        "mutant": name,
+        "seed": None,
+        "caught_with_checker": False,
+        "caught_without_checker": False,
+        "report": "",
+    }
 
 
 def collect() -> dict[str, Any]:
@@ -111,7 +124,7 @@ def render(data: dict[str, Any], command: str, when: str) -> str:
         "references keep it alive — device-dax's idle reference is why the seed's ordering "
         "never crashed. Reports: `BUG: KASAN: use-after-put`, `put of a reference not held`, "
         "`reference leak` (held at the end of the path), each with a __dump_folio-style dump "
-        "and the call chain. Scenarios ask for them with `expect warning \"use-after-put\"`.",
+        'and the call chain. Scenarios ask for them with `expect warning "use-after-put"`.',
         "",
         "Instrumented paths (foliosim/kernel): `__split_huge_pud_locked`, `zap_huge_pud`, "
         "`zap_huge_pmd`, `wp_page_copy`, `truncate_inode_folio` (filemap_remove_folio) and "
@@ -137,7 +150,7 @@ def render(data: dict[str, Any], command: str, when: str) -> str:
         "",
         "Only the seed reports anything: its `__split_huge_pud_locked` reads the folio in "
         "`mm_counter_file(folio)` after `folio_put()`, the ordering upstream fixed in May 2026 "
-        "with 40990c87a26e \"mm/huge_memory: update file PUD counter before folio_put()\". "
+        'with 40990c87a26e "mm/huge_memory: update file PUD counter before folio_put()". '
         "Mainline 7.1.8 has the fix and the checker stays silent on every instrumented path; "
         "it found nothing new there.",
         "",
@@ -147,10 +160,16 @@ def render(data: dict[str, Any], command: str, when: str) -> str:
         "|---|---|---|---|",
     ]
     for row in data["mutants"]:
-        out.append(f"| {row['mutant']} | {row['seed']} | {row['caught_with_checker']} | "
-                   f"{row['caught_without_checker']} |")
-    out += ["", "Without the checker the same programs pass every invariant: a put before the "
-            "last use leaves all counts balanced.", ""]
+        out.append(
+            f"| {row['mutant']} | {row['seed']} | {row['caught_with_checker']} | "
+            f"{row['caught_without_checker']} |"
+        )
+    out += [
+        "",
+        "Without the checker the same programs pass every invariant: a put before the "
+        "last use leaves all counts balanced.",
+        "",
+    ]
     return "\n".join(out)
 
 

@@ -18,44 +18,67 @@ study_app = typer.Typer(
 # Kernel users of mapcounts that DAX folios reach, read in the Linux 7.1.8 source. Each entry:
 # (feature, location, what happens under refcount-only).
 KERNEL_USERS: list[tuple[str, str, str]] = [
-    ("fs-dax layout break", "fs/dax.c dax_busy_page() (called by dax_layout_busy_page_range())",
-     "a folio is busy when folio_ref_count() - folio_mapcount() != 0; with no mapcount every "
-     "mapped page counts as busy. dax_layout_busy_page_range() first runs "
-     "unmap_mapping_pages(), so for truncate and hole punch the pages are unmapped before the "
-     "test and the answer is the same (measured: fsdax-truncate-mapped, fsdax-pin-truncate). "
-     "Any caller that tested a still-mapped page would see it busy (measured: dax_busy_page "
-     "column)."),
-    ("folio_mapped() / page_mapped()", "include/linux/mm.h folio_mapped(): folio_mapcount() >= 1",
-     "false for every mapped DAX folio. Callers reached by DAX in 7.1.8: "
-     "folio_expected_ref_count() (include/linux/mm.h, adds folio_mapcount()); the zap-time "
-     "sanity check folio_mapcount() < 0 -> print_bad_pte() in zap_present_folio_ptes() "
-     "(mm/memory.c) stays silent. hwpoison_user_mappings() (mm/memory-failure.c) tests "
-     "folio_mapped() but ZONE_DEVICE pages never get there (see memory failure)."),
-    ("folio_maybe_mapped_shared()", "include/linux/mm.h folio_maybe_mapped_shared()",
-     "reads folio_mapcount(): with 0 it answers 'exclusive' for a folio mapped by two mms "
-     "(measured in the two-task scenarios). Its users on file folios: "
-     "fs/proc/task_mmu.c smaps_account() and __folio_page_mapped_exclusively() "
-     "(pagemap) under CONFIG_NO_PAGE_MAPCOUNT."),
-    ("smaps Shared_*/Private_*, Pss", "fs/proc/task_mmu.c smaps_account()",
-     "refcount 1 takes the 'mapped once' shortcut; otherwise the page is shared when "
-     "folio_precise_page_mapcount() >= 2. With no mapcount a device-dax or fs-dax folio mapped "
-     "by two processes is reported Private in both and its Pss is counted twice."),
-    ("pagemap PM_MMAP_EXCLUSIVE (bit 56)",
-     "fs/proc/task_mmu.c __folio_page_mapped_exclusively()",
-     "with CONFIG_PAGE_MAPCOUNT the test is precise page mapcount == 1: with 0 no DAX page is "
-     "ever flagged exclusively mapped. (numa_maps is unaffected: can_gather_numa_stats() "
-     "skips ZONE_DEVICE pages.)"),
-    ("vmstat nr_mapped (NR_FILE_MAPPED)", "mm/rmap.c __folio_mod_stat()",
-     "only moved by rmap add/remove: DAX mappings vanish from nr_mapped (measured)."),
-    ("/proc/kpagecount, /proc/kpageflags", "fs/proc/page.c kpage_read()",
-     "no change: ZONE_DEVICE pages are not online (pfn_to_online_page() is NULL), so both "
-     "report 0 for DAX already (measured: kpagecount column equal)."),
-    ("memory failure", "mm/memory-failure.c memory_failure() -> memory_failure_dev_pagemap() "
-     "-> mf_generic_kill_procs() / mf_dax_kill_procs() -> collect_procs_file() / "
-     "collect_procs_fsdax()",
-     "does NOT depend on mapcounts: both walk the file's i_mmap interval tree of VMAs and "
-     "dev_pagemap_mapping_shift() reads the page tables. The review's question mark here does "
-     "not hold in 7.1.8."),
+    (
+        "fs-dax layout break",
+        "fs/dax.c dax_busy_page() (called by dax_layout_busy_page_range())",
+        "a folio is busy when folio_ref_count() - folio_mapcount() != 0; with no mapcount every "
+        "mapped page counts as busy. dax_layout_busy_page_range() first runs "
+        "unmap_mapping_pages(), so for truncate and hole punch the pages are unmapped before the "
+        "test and the answer is the same (measured: fsdax-truncate-mapped, fsdax-pin-truncate). "
+        "Any caller that tested a still-mapped page would see it busy (measured: dax_busy_page "
+        "column).",
+    ),
+    (
+        "folio_mapped() / page_mapped()",
+        "include/linux/mm.h folio_mapped(): folio_mapcount() >= 1",
+        "false for every mapped DAX folio. Callers reached by DAX in 7.1.8: "
+        "folio_expected_ref_count() (include/linux/mm.h, adds folio_mapcount()); the zap-time "
+        "sanity check folio_mapcount() < 0 -> print_bad_pte() in zap_present_folio_ptes() "
+        "(mm/memory.c) stays silent. hwpoison_user_mappings() (mm/memory-failure.c) tests "
+        "folio_mapped() but ZONE_DEVICE pages never get there (see memory failure).",
+    ),
+    (
+        "folio_maybe_mapped_shared()",
+        "include/linux/mm.h folio_maybe_mapped_shared()",
+        "reads folio_mapcount(): with 0 it answers 'exclusive' for a folio mapped by two mms "
+        "(measured in the two-task scenarios). Its users on file folios: "
+        "fs/proc/task_mmu.c smaps_account() and __folio_page_mapped_exclusively() "
+        "(pagemap) under CONFIG_NO_PAGE_MAPCOUNT.",
+    ),
+    (
+        "smaps Shared_*/Private_*, Pss",
+        "fs/proc/task_mmu.c smaps_account()",
+        "refcount 1 takes the 'mapped once' shortcut; otherwise the page is shared when "
+        "folio_precise_page_mapcount() >= 2. With no mapcount a device-dax or fs-dax folio mapped "
+        "by two processes is reported Private in both and its Pss is counted twice.",
+    ),
+    (
+        "pagemap PM_MMAP_EXCLUSIVE (bit 56)",
+        "fs/proc/task_mmu.c __folio_page_mapped_exclusively()",
+        "with CONFIG_PAGE_MAPCOUNT the test is precise page mapcount == 1: with 0 no DAX page is "
+        "ever flagged exclusively mapped. (numa_maps is unaffected: can_gather_numa_stats() "
+        "skips ZONE_DEVICE pages.)",
+    ),
+    (
+        "vmstat nr_mapped (NR_FILE_MAPPED)",
+        "mm/rmap.c __folio_mod_stat()",
+        "only moved by rmap add/remove: DAX mappings vanish from nr_mapped (measured).",
+    ),
+    (
+        "/proc/kpagecount, /proc/kpageflags",
+        "fs/proc/page.c kpage_read()",
+        "no change: ZONE_DEVICE pages are not online (pfn_to_online_page() is NULL), so both "
+        "report 0 for DAX already (measured: kpagecount column equal).",
+    ),
+    (
+        "memory failure",
+        "mm/memory-failure.c memory_failure() -> memory_failure_dev_pagemap() "
+        "-> mf_generic_kill_procs() / mf_dax_kill_procs() -> collect_procs_file() / "
+        "collect_procs_fsdax()",
+        "does NOT depend on mapcounts: both walk the file's i_mmap interval tree of VMAs and "
+        "dev_pagemap_mapping_shift() reads the page tables. The review's question mark here does "
+        "not hold in 7.1.8.",
+    ),
 ]
 
 
@@ -72,8 +95,9 @@ def collect() -> dict[str, Any]:
         "mixed_pud_pmd": study.mixed_pud_pmd_study(),
         "vmemmap": study.vmemmap_study(),
         "mapcount_cost": study.mapcount_cost_study(),
-        "kernel_users": [dict(zip(("feature", "where", "effect"), u, strict=True))
-                         for u in KERNEL_USERS],
+        "kernel_users": [
+            dict(zip(("feature", "where", "effect"), u, strict=True)) for u in KERNEL_USERS
+        ],
     }
 
 
@@ -97,10 +121,14 @@ def render(data: dict[str, Any], command: str, when: str) -> str:
         inv = ", ".join(o["invariants"]["refcount-only"]) or "none"
         assert not o["invariants"]["mainline"], o["name"]
         out.append(f"| {o['name']} | {diffs} | {inv} |")
-    out += ["", "Final values (mainline / refcount-only) of the first probe:", "",
-            "| scenario | refcount | mapcount | precise | nr_mapped | shared (smaps) |"
-            " dax_busy_page | errors (mainline / refcount-only) |",
-            "|---|---|---|---|---|---|---|---|"]
+    out += [
+        "",
+        "Final values (mainline / refcount-only) of the first probe:",
+        "",
+        "| scenario | refcount | mapcount | precise | nr_mapped | shared (smaps) |"
+        " dax_busy_page | errors (mainline / refcount-only) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for o in data["refcount_only"]:
         key = next(iter(o["differing"]))
         steps_m, steps_r = o["values"]["mainline"], o["values"]["refcount-only"]
@@ -111,26 +139,37 @@ def render(data: dict[str, Any], command: str, when: str) -> str:
         def pair(f: str, m: dict[str, Any] = m, r: dict[str, Any] = r) -> str:
             return f"{m[f]} / {r[f]}"
 
-        outs = " / ".join("; ".join(sorted(set(o["outputs"][v]))) or "-"
-                          for v in ("mainline", "refcount-only"))
-        out.append(f"| {o['name']} (after `{o['steps'][i]}`) | {pair('refcount')} | "
-                   f"{pair('mapcount')} | {pair('precise_mapcount')} | "
-                   f"{pair('vmstat.nr_mapped')} | {pair('smaps_shared')} | "
-                   f"{pair('dax_busy_page')} | {outs} |")
+        outs = " / ".join(
+            "; ".join(sorted(set(o["outputs"][v]))) or "-" for v in ("mainline", "refcount-only")
+        )
+        out.append(
+            f"| {o['name']} (after `{o['steps'][i]}`) | {pair('refcount')} | "
+            f"{pair('mapcount')} | {pair('precise_mapcount')} | "
+            f"{pair('vmstat.nr_mapped')} | {pair('smaps_shared')} | "
+            f"{pair('dax_busy_page')} | {outs} |"
+        )
     broken = sorted({i for o in data["refcount_only"] for i in o["invariants"]["refcount-only"]})
-    out += ["", "Invariants of `foliosim/check.py` that refcount-only breaks, in all scenarios "
-            f"together: {', '.join(f'`{i}`' for i in broken)}. They compare mapcounts and "
-            "nr_mapped with the page tables, so they are wrong by design for this variant; "
-            "no other invariant broke (the refcount and RSS ones included), and mainline broke "
-            "none.", "",
-            "Kernel features that would change (verified in 7.1.8):", ""]
+    out += [
+        "",
+        "Invariants of `foliosim/check.py` that refcount-only breaks, in all scenarios "
+        f"together: {', '.join(f'`{i}`' for i in broken)}. They compare mapcounts and "
+        "nr_mapped with the page tables, so they are wrong by design for this variant; "
+        "no other invariant broke (the refcount and RSS ones included), and mainline broke "
+        "none.",
+        "",
+        "Kernel features that would change (verified in 7.1.8):",
+        "",
+    ]
     for u in data["kernel_users"]:
         out.append(f"- **{u['feature']}** ({u['where']}): {u['effect']}")
     b = data["mixed_pud_pmd"]
     f = b["forced"]
     out += [
-        "", "## (b) One folio mapped by a PUD in A and a PMD in B", "",
-        "Device level (device-dax, align=1G):", "",
+        "",
+        "## (b) One folio mapped by a PUD in A and a PMD in B",
+        "",
+        "Device level (device-dax, align=1G):",
+        "",
     ]
     out += [f"- `{s['statement']}` -> {'; '.join(s['output']) or 'ok'}" for s in b["device_level"]]
     out += [
@@ -157,7 +196,9 @@ def render(data: dict[str, Any], command: str, when: str) -> str:
         "alignment (larger: fallback, smaller: SIGBUS) and dev_dax_may_split() refuses VMA "
         "splits off the alignment, so a 1G folio is only ever mapped by one PUD; fs-dax has no "
         "PUD path at all.",
-        "", "## (c) vmemmap of a 1 TiB device-dax", "",
+        "",
+        "## (c) vmemmap of a 1 TiB device-dax",
+        "",
         "| align | folios | can optimise | memmap | memmap, optimised | vmemmap pages per folio"
         " | distinct with optimisation | struct pages initialised | pages aliasing page 200 |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -167,9 +208,11 @@ def render(data: dict[str, Any], command: str, when: str) -> str:
             f"| {_kb(row['align'])} | {row['folios']} | {row['can_optimize']} | "
             f"{_kb(row['plain_bytes'])} | {_kb(row['optimised_bytes'])} | "
             f"{row['vmemmap_pages_per_folio']} | {row['distinct_vmemmap_pages_per_folio']} | "
-            f"{row['struct_pages_initialised']} | {row['pages_aliasing_page_200']} |")
+            f"{row['struct_pages_initialised']} | {row['pages_aliasing_page_200']} |"
+        )
     out += [
-        "", "Rules (7.1.8): __vmemmap_can_optimize() (include/linux/mm.h) needs no altmap and "
+        "",
+        "Rules (7.1.8): __vmemmap_can_optimize() (include/linux/mm.h) needs no altmap and "
         "more than VMEMMAP_RESERVE_NR = 2 vmemmap pages per compound page; "
         "vmemmap_populate_compound_pages() (mm/sparse-vmemmap.c) populates the head's vmemmap "
         "page and one tail vmemmap page and maps every further vmemmap page of the compound "
@@ -181,17 +224,25 @@ def render(data: dict[str, Any], command: str, when: str) -> str:
         "private head frame, which is why entire mappings (PMD/PUD) work under the "
         "optimisation and PTE mappings of a compound device-dax folio could not. fs-dax "
         "pgmaps have vmemmap_shift 0 and are never optimised.",
-        "", "## (d) folio_mapcount() cost", "",
+        "",
+        "## (d) folio_mapcount() cost",
+        "",
         "| case | pages | with _large_mapcount: value / reads | summed per-page: value / reads |",
         "|---|---|---|---|",
     ]
     for row in data["mapcount_cost"]:
-        out.append(f"| {row['case']} | {row['nr_pages']} | {row['large_value']} / "
-                   f"{row['large_reads']} | {row['summed_value']} / {row['summed_reads']} |")
-    out += ["", "folio_mapcount() (include/linux/mm.h, 7.1.8) of a large folio is "
-            "folio_large_mapcount(): one atomic read whatever the folio size or how it is "
-            "mapped. Summing per-page mapcounts plus the entire mapcount costs nr_pages + 1 "
-            "reads: 262145 for a 1 GiB folio even when one PUD maps it.", ""]
+        out.append(
+            f"| {row['case']} | {row['nr_pages']} | {row['large_value']} / "
+            f"{row['large_reads']} | {row['summed_value']} / {row['summed_reads']} |"
+        )
+    out += [
+        "",
+        "folio_mapcount() (include/linux/mm.h, 7.1.8) of a large folio is "
+        "folio_large_mapcount(): one atomic read whatever the folio size or how it is "
+        "mapped. Summing per-page mapcounts plus the entire mapcount costs nr_pages + 1 "
+        "reads: 262145 for a 1 GiB folio even when one PUD maps it.",
+        "",
+    ]
     return "\n".join(out)
 
 

@@ -30,50 +30,102 @@ class Step:
 
 DAX_SETUP = ["devdax dax0 size=4G align=1G", "task A", "A: m = mmap 1G rw shared fd=dax0"]
 DAX_QUERIES = [
-    "level(A, m)", "A.rss.file", "folio(A, m).refcount", "folio(A, m).mapcount",
-    "folio(A, m).entire_mapcount", "folio(A, m).nr_pages", "level(B, m)", "B.rss.file",
-    "vmstat.nr_mapped", "vmstat.nr_file_pmdmapped", "vmstat.thp_split_pud", "free(dax0)",
+    "level(A, m)",
+    "A.rss.file",
+    "folio(A, m).refcount",
+    "folio(A, m).mapcount",
+    "folio(A, m).entire_mapcount",
+    "folio(A, m).nr_pages",
+    "level(B, m)",
+    "B.rss.file",
+    "vmstat.nr_mapped",
+    "vmstat.nr_file_pmdmapped",
+    "vmstat.thp_split_pud",
+    "free(dax0)",
 ]
 DAX_STEPS = [
-    Step("mmap", "A maps 1 GiB of a device-dax instance aligned to 1 GiB: nothing is mapped yet; "
-         "every page of the device is idle (refcount 1).", []),
-    Step("PUD fault", "A writes 4K. dev_dax_huge_fault(PUD_ORDER) -> vmf_insert_folio_pud "
-         "(seed: dax_insert_pfn_pud): one PUD maps the whole 1 GiB folio. After the series the "
-         "mapping takes a folio reference, a PUD rmap (entire mapcount 1) and 262144 pages of "
-         "RssFile; legacy inserts a special devmap PUD with none of them. The seed sent the PUD "
-         "rmap through the PMD branch, so NR_FILE_PMDMAPPED moved by HPAGE_PUD_NR.",
-         ["A: write m 4K"]),
-    Step("fork", "A forks B. A shared DAX mapping has no anon_vma, so vma_needs_copy() is "
-         "false: B starts with nothing mapped.", ["A: fork B"]),
-    Step("child refault", "B reads: B faults its own PUD, a second reference and mapping of the "
-         "same folio (entire mapcount 2).", ["B: read m 4K"]),
-    Step("partial zap", "A drops 2 MiB inside the PUD (MADV_DONTNEED): zap_pud_range cannot zap "
-         "part of a PUD, so __split_huge_pud drops the whole entry (thp_split_pud +1): rmap, "
-         "RSS and the reference go. The seed put the folio before reading it for the RSS "
-         "counter (fixed upstream by 40990c87a26e): the ownership checker reports it.",
-         ["A: madvise m+2M 2M DONTNEED"]),
+    Step(
+        "mmap",
+        "A maps 1 GiB of a device-dax instance aligned to 1 GiB: nothing is mapped yet; "
+        "every page of the device is idle (refcount 1).",
+        [],
+    ),
+    Step(
+        "PUD fault",
+        "A writes 4K. dev_dax_huge_fault(PUD_ORDER) -> vmf_insert_folio_pud "
+        "(seed: dax_insert_pfn_pud): one PUD maps the whole 1 GiB folio. After the series the "
+        "mapping takes a folio reference, a PUD rmap (entire mapcount 1) and 262144 pages of "
+        "RssFile; legacy inserts a special devmap PUD with none of them. The seed sent the PUD "
+        "rmap through the PMD branch, so NR_FILE_PMDMAPPED moved by HPAGE_PUD_NR.",
+        ["A: write m 4K"],
+    ),
+    Step(
+        "fork",
+        "A forks B. A shared DAX mapping has no anon_vma, so vma_needs_copy() is "
+        "false: B starts with nothing mapped.",
+        ["A: fork B"],
+    ),
+    Step(
+        "child refault",
+        "B reads: B faults its own PUD, a second reference and mapping of the "
+        "same folio (entire mapcount 2).",
+        ["B: read m 4K"],
+    ),
+    Step(
+        "partial zap",
+        "A drops 2 MiB inside the PUD (MADV_DONTNEED): zap_pud_range cannot zap "
+        "part of a PUD, so __split_huge_pud drops the whole entry (thp_split_pud +1): rmap, "
+        "RSS and the reference go. The seed put the folio before reading it for the RSS "
+        "counter (fixed upstream by 40990c87a26e): the ownership checker reports it.",
+        ["A: madvise m+2M 2M DONTNEED"],
+    ),
     Step("refault", "A touches the range again and refaults the whole PUD.", ["A: read m 4K"]),
-    Step("zap", "Both unmap: zap_huge_pud removes the PUD rmap, the RSS and frees the reference "
-         "through the mmu_gather at PUD size. The device is idle again.",
-         ["A: munmap m 1G", "B: munmap m 1G"]),
+    Step(
+        "zap",
+        "Both unmap: zap_huge_pud removes the PUD rmap, the RSS and frees the reference "
+        "through the mmu_gather at PUD size. The device is idle again.",
+        ["A: munmap m 1G", "B: munmap m 1G"],
+    ),
 ]
 
 ANON_SETUP = ["config thp=madvise", "task A", "A: m = mmap 2M"]
 ANON_QUERIES = [
-    "level(A, m)", "A.rss.anon", "folio(A, m).refcount", "folio(A, m).entire_mapcount",
-    "page(A, m+4K).mapcount", "level(B, m)", "B.rss.anon", "vmstat.thp_fault_alloc",
-    "vmstat.thp_split_pmd", "vmstat.thp_deferred_split_page", "vmstat.nr_anon_transparent_hugepages",
+    "level(A, m)",
+    "A.rss.anon",
+    "folio(A, m).refcount",
+    "folio(A, m).entire_mapcount",
+    "page(A, m+4K).mapcount",
+    "level(B, m)",
+    "B.rss.anon",
+    "vmstat.thp_fault_alloc",
+    "vmstat.thp_split_pmd",
+    "vmstat.thp_deferred_split_page",
+    "vmstat.nr_anon_transparent_hugepages",
 ]
 ANON_STEPS = [
-    Step("read", "A reads a 2 MiB MADV_HUGEPAGE range: the huge zero PMD, no RSS.",
-         ["A: madvise m 2M HUGEPAGE", "A: read m 4K"]),
-    Step("write", "A writes: do_huge_zero_wp_pmd allocates a THP in place (thp_fault_alloc).",
-         ["A: write m 4K"]),
+    Step(
+        "read",
+        "A reads a 2 MiB MADV_HUGEPAGE range: the huge zero PMD, no RSS.",
+        ["A: madvise m 2M HUGEPAGE", "A: read m 4K"],
+    ),
+    Step(
+        "write",
+        "A writes: do_huge_zero_wp_pmd allocates a THP in place (thp_fault_alloc).",
+        ["A: write m 4K"],
+    ),
     Step("fork", "copy_huge_pmd shares the THP: refcount 2, entire mapcount 2.", ["A: fork B"]),
-    Step("COW", "B writes one page: B's PMD is split (thp_split_pmd) and only that 4K page is "
-         "copied; A keeps its PMD.", ["B: write m+4K 4K"]),
-    Step("partial unmap", "A unmaps 4K inside its PMD: split, and the folio is queued for "
-         "deferred split once a page is mapped by nobody.", ["A: munmap m+4K 4K"]),
+    Step(
+        "COW",
+        "B writes one page: B's PMD is split (thp_split_pmd) and only that 4K page is "
+        "copied; A keeps its PMD.",
+        ["B: write m+4K 4K"],
+    ),
+    Step(
+        "partial unmap",
+        "A unmaps 4K inside its PMD: split, and the folio is queued for "
+        "deferred split once a page is mapped by nobody.",
+        ["A: munmap m+4K 4K"],
+    ),
 ]
 
 
@@ -106,8 +158,9 @@ def collect(name: str, variants: list[str]) -> list[dict[str, object]]:
             for q, r in zip(queries, chunk, strict=True):
                 values.setdefault(q, {})[variant] = next(iter(r.values.values()))
             first = marks[i] - len(steps[i].statements) + 1
-            reps = [rep.render() for rep in run.kernel.reports.reports
-                    if first <= rep.line <= marks[i]]
+            reps = [
+                rep.render() for rep in run.kernel.reports.reports if first <= rep.line <= marks[i]
+            ]
             reports = out[i]["reports"]
             assert isinstance(reports, dict)
             reports[variant] = reps
@@ -123,10 +176,16 @@ def run_tour(console: Console, walk: str, variant: str | None, json_out: bool) -
         variants = [variant]
     data = collect(walk, variants)
     if json_out:
-        print(json.dumps({"walk": walk, "variants": variants, "steps": data}, indent=2, default=str))
+        print(
+            json.dumps({"walk": walk, "variants": variants, "steps": data}, indent=2, default=str)
+        )
         return 0
-    title = ("The seed's PUD mapping: 1 GiB device-dax, Linux 7.1.8 (mainline) vs v1 patch 07 "
-             "(seed) vs 6.1 (legacy)" if walk == "dax-pud" else "Anonymous THP walk (mainline)")
+    title = (
+        "The seed's PUD mapping: 1 GiB device-dax, Linux 7.1.8 (mainline) vs v1 patch 07 "
+        "(seed) vs 6.1 (legacy)"
+        if walk == "dax-pud"
+        else "Anonymous THP walk (mainline)"
+    )
     console.print(Panel(title, style="bold"))
     for i, step in enumerate(data, start=1):
         console.print(f"\n[bold]Step {i}: {step['step']}[/bold]")
@@ -147,8 +206,10 @@ def run_tour(console: Console, walk: str, variant: str | None, json_out: bool) -
         for v in variants:
             for rep in reports.get(v, []):
                 console.print(f"[magenta]{v}: {rep}[/magenta]")
-    console.print("\nRows in yellow differ between variants. Run a scenario yourself: "
-                  "[bold]foliosim run FILE[/bold]; compare variants: [bold]foliosim diff FILE[/bold].")
+    console.print(
+        "\nRows in yellow differ between variants. Run a scenario yourself: "
+        "[bold]foliosim run FILE[/bold]; compare variants: [bold]foliosim diff FILE[/bold]."
+    )
     return 0
 
 

@@ -11,8 +11,13 @@ from foliosim.scenario.statements import parse_text
 from foliosim.variants import get_variant
 
 
-def make_kernel(variant: str = "mainline", arch: str = "x86_64", granule: str = "4K",
-                levels: int = 4, **overrides: bool) -> Kernel:
+def make_kernel(
+    variant: str = "mainline",
+    arch: str = "x86_64",
+    granule: str = "4K",
+    levels: int = 4,
+    **overrides: bool,
+) -> Kernel:
     geo = make_geometry(arch, levels, granule)
     options = resolve_options(arch, overrides)
     config = KernelConfig(geo, options, "madvise", {}, variant)

@@ -10,7 +10,13 @@ import itertools
 import pytest
 from conftest import run_text
 
-from foliosim.config import BuildError, KernelConfig, check_variant_builds, make_geometry, resolve_options
+from foliosim.config import (
+    BuildError,
+    KernelConfig,
+    check_variant_builds,
+    make_geometry,
+    resolve_options,
+)
 from foliosim.scenario.parser import ScenarioError
 
 
@@ -64,7 +70,9 @@ def test_seed_allnoconfig_fails_like_the_robot_said() -> None:
 
 def test_seed_allnoconfig_scenario_exits_2_naming_the_option() -> None:
     with pytest.raises(ScenarioError, match="CONFIG_TRANSPARENT_HUGEPAGE"):
-        run_text("config variant=seed CONFIG_TRANSPARENT_HUGEPAGE=n CONFIG_HUGETLB_PAGE=n\ntask A\n")
+        run_text(
+            "config variant=seed CONFIG_TRANSPARENT_HUGEPAGE=n CONFIG_HUGETLB_PAGE=n\ntask A\n"
+        )
 
 
 def test_dependent_options_drop_without_thp() -> None:
@@ -75,11 +83,15 @@ def test_dependent_options_drop_without_thp() -> None:
         resolve_options("x86_64", {"TRANSPARENT_HUGEPAGE": False, "DEV_DAX": True})
 
 
-MATRIX = list(itertools.product(
-    ["x86_64", "arm64"], ["y", "n"], ["page", "nopage"], ["legacy", "seed", "mainline"]))
+MATRIX = list(
+    itertools.product(
+        ["x86_64", "arm64"], ["y", "n"], ["page", "nopage"], ["legacy", "seed", "mainline"]
+    )
+)
 
 WORKLOAD = """\
-config arch={arch} CONFIG_TRANSPARENT_HUGEPAGE={thp} mapcount={mapcount} variant={variant} thp=always
+config arch={arch} CONFIG_TRANSPARENT_HUGEPAGE={thp} mapcount={mapcount} variant={variant}
+config thp=always
 task A
 A: m = mmap 4M
 A: write m 4M

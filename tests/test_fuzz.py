@@ -26,8 +26,10 @@ def test_mainline_has_no_findings() -> None:
     assert summary.findings == [], [f.message for f in summary.findings]
 
 
-@pytest.mark.parametrize("variant", ["mainline", "zap-pte-no-rmap", "fork-pte-no-ref",
-                                     "split-pud-no-put", "dax-pmd-no-rss"])
+@pytest.mark.parametrize(
+    "variant",
+    ["mainline", "zap-pte-no-rmap", "fork-pte-no-ref", "split-pud-no-put", "dax-pmd-no-rss"],
+)
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 def test_incremental_checker_matches_full_check(variant: str, seed: int) -> None:
     lines = program_for(seed, 60, variant)

@@ -36,8 +36,9 @@ def test_catalogue_is_large_enough() -> None:
     assert len(REGRESSIONS) >= 3
 
 
-@pytest.mark.parametrize("name", ["zap-pmd-put-early", "cow-put-early", "truncate-put-early",
-                                  "unpin-put-early"])
+@pytest.mark.parametrize(
+    "name", ["zap-pmd-put-early", "cow-put-early", "truncate-put-early", "unpin-put-early"]
+)
 def test_ownership_mutants_need_the_checker(name: str) -> None:
     """Put-before-last-use leaves every count balanced: only the ownership checker sees it.
     Find a program that catches the mutant, then run the same program with the checker off."""

@@ -57,8 +57,17 @@ def test_sample_agrees_on_this_kernel() -> None:
 @needs_host
 def test_cli_host_writes_record(tmp_path: Path) -> None:
     record = tmp_path / "r.json"
-    out = CliRunner().invoke(app, ["oracle", "host", str(SUITE / "09-huge-zero-write.fsim"),
-                                   "--json", "--results", str(record)])
+    out = CliRunner().invoke(
+        app,
+        [
+            "oracle",
+            "host",
+            str(SUITE / "09-huge-zero-write.fsim"),
+            "--json",
+            "--results",
+            str(record),
+        ],
+    )
     assert out.exit_code == 0, out.output
     data = json.loads(record.read_text())
     assert data["kernel"] and data["thp_settings"]
@@ -70,31 +79,41 @@ def test_disagreement_exits_1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     scenario = tmp_path / "s.fsim"
     scenario.write_text(
         "config thp=madvise\ntask A\nA: m = mmap 2M align=2M\nA: write m 4K\n"
-        "expect level(A, m) == pte\n")
-    ok = CliRunner().invoke(app, ["oracle", "host", str(scenario), "--results",
-                                  str(tmp_path / "a.json")])
+        "expect level(A, m) == pte\n"
+    )
+    ok = CliRunner().invoke(
+        app, ["oracle", "host", str(scenario), "--results", str(tmp_path / "a.json")]
+    )
     assert ok.exit_code == 0, ok.output
     # A kernel that answered differently: the oracle must say so and exit 1.
     from foliosim.oracle import observe
 
     monkeypatch.setattr(observe, "level", lambda pid, addr: "pmd")
-    bad = CliRunner().invoke(app, ["oracle", "host", str(scenario), "--results",
-                                   str(tmp_path / "b.json")])
+    bad = CliRunner().invoke(
+        app, ["oracle", "host", str(scenario), "--results", str(tmp_path / "b.json")]
+    )
     assert bad.exit_code == 1, bad.output
     assert "DISAGREE" in bad.output
 
 
 def test_missing_precondition_exits_3(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(commands, "missing_preconditions", lambda: ["needs root (test)"])
-    out = CliRunner().invoke(app, ["oracle", "host", str(SUITE / "01-anon-pte-write.fsim"),
-                                   "--results", str(tmp_path / "r.json")])
+    out = CliRunner().invoke(
+        app,
+        [
+            "oracle",
+            "host",
+            str(SUITE / "01-anon-pte-write.fsim"),
+            "--results",
+            str(tmp_path / "r.json"),
+        ],
+    )
     assert out.exit_code == PRECONDITION_EXIT
     assert "needs root (test)" in out.output
 
 
 def test_dax_is_not_translated() -> None:
-    stmts = parse_text("x.fsim", "devdax d size=2G align=2M\ntask A\n"
-                       "A: m = mmap 2M shared fd=d\n")
+    stmts = parse_text("x.fsim", "devdax d size=2G align=2M\ntask A\nA: m = mmap 2M shared fd=d\n")
     with pytest.raises(Untranslatable):
         scenario_config(stmts)
     with pytest.raises(Untranslatable):

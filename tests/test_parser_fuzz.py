@@ -61,13 +61,73 @@ def test_random_text(text: str) -> None:
     run_or_error(text)
 
 
-TOKENS = ["A:", "B:", "task", "A", "m", "=", "mmap", "munmap", "4K", "2M", "1G", "0x1000", "m+4K",
-          "write", "read", "fork", "exit", "expect", "==", "<", "folio(A,", "m).refcount", "level(A,",
-          "m)", "none", "pmd", "shared", "fd=f", "file", "f", "size=4M", "fs=shmem", "config",
-          "thp=always", "CONFIG_DEBUG_VM=y", "devdax", "d", "align=2M", "pin", "unpin", "p",
-          '"text"', "#", "check", "print", "vmstat.thp_split_pmd", "madvise", "DONTNEED",
-          "mprotect", "r", "mremap", "maymove", "fixed=m", "truncate", "punch", "shrink",
-          "proc", "smaps", "of", "(", ")", ",", ".", "-1", "99999999999999999999T"]
+TOKENS = [
+    "A:",
+    "B:",
+    "task",
+    "A",
+    "m",
+    "=",
+    "mmap",
+    "munmap",
+    "4K",
+    "2M",
+    "1G",
+    "0x1000",
+    "m+4K",
+    "write",
+    "read",
+    "fork",
+    "exit",
+    "expect",
+    "==",
+    "<",
+    "folio(A,",
+    "m).refcount",
+    "level(A,",
+    "m)",
+    "none",
+    "pmd",
+    "shared",
+    "fd=f",
+    "file",
+    "f",
+    "size=4M",
+    "fs=shmem",
+    "config",
+    "thp=always",
+    "CONFIG_DEBUG_VM=y",
+    "devdax",
+    "d",
+    "align=2M",
+    "pin",
+    "unpin",
+    "p",
+    '"text"',
+    "#",
+    "check",
+    "print",
+    "vmstat.thp_split_pmd",
+    "madvise",
+    "DONTNEED",
+    "mprotect",
+    "r",
+    "mremap",
+    "maymove",
+    "fixed=m",
+    "truncate",
+    "punch",
+    "shrink",
+    "proc",
+    "smaps",
+    "of",
+    "(",
+    ")",
+    ",",
+    ".",
+    "-1",
+    "99999999999999999999T",
+]
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -85,7 +145,7 @@ def test_mutated_scenarios(seed: str, data: st.DataObject) -> None:
             break
         i = data.draw(st.integers(0, len(chars) - 1))
         op = data.draw(st.sampled_from(["delete", "insert", "replace"]))
-        ch = data.draw(st.sampled_from(list("AmB=:()., 0x1KMG#\"\n+-zq")))
+        ch = data.draw(st.sampled_from(list('AmB=:()., 0x1KMG#"\n+-zq')))
         if op == "delete":
             del chars[i]
         elif op == "insert":
@@ -98,15 +158,23 @@ def test_mutated_scenarios(seed: str, data: st.DataObject) -> None:
 def test_cli_bad_input_exit_2_without_traceback(tmp_path: Path) -> None:
     bad = tmp_path / "bad.fsim"
     bad.write_text("task A\nA: m = mmap 4Q\n")
-    proc = subprocess.run([sys.executable, "-m", "foliosim.cli", "run", str(bad)],
-                          capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "foliosim.cli", "run", str(bad)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert proc.returncode == 2
     assert f"{bad}:2:13: bad number '4Q'" in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
 
 
 def test_cli_missing_file_exit_2(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "foliosim.cli", "run", str(tmp_path / "no.fsim")],
-                          capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "foliosim.cli", "run", str(tmp_path / "no.fsim")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert proc.returncode == 2
     assert "no.fsim:1:1: cannot read" in proc.stderr

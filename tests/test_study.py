@@ -60,7 +60,10 @@ def test_folio_mapcount_cost() -> None:
     assert (pud["summed_value"], pud["summed_reads"]) == (1, 262144 + 1)
     ptes = rows["1G folio, every page by a PTE"]
     assert (ptes["large_value"], ptes["summed_value"], ptes["summed_reads"]) == (
-        262144, 262144, 262145)
+        262144,
+        262144,
+        262145,
+    )
     pmd = rows["2M folio, one PMD"]
     assert (pmd["large_value"], pmd["summed_reads"]) == (1, 513)
     small = rows["2M folio, every page by a PTE"]
@@ -77,7 +80,11 @@ def test_refcount_only_devdax_pud() -> None:
     assert (ro["mapcount"], ro["entire_mapcount"], ro["vmstat.nr_mapped"]) == (0, 0, 0)
     assert o.invariants["mainline"] == {}
     assert set(o.invariants["refcount-only"]) == {
-        "large_mapcount", "entire_mapcount", "nr_pages_mapped", "vmstat"}
+        "large_mapcount",
+        "entire_mapcount",
+        "nr_pages_mapped",
+        "vmstat",
+    }
     assert "refcount" not in o.differing["A:m"] and "kpagecount" not in o.differing["A:m"]
 
 

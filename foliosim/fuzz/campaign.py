@@ -60,8 +60,9 @@ class Job:
 
 
 def generate(seed: int, job: Job) -> list[str]:
-    return Generator(seed, known_defects=job.known_defects, config=job.config,
-                     variant=job.variant).program(job.steps)
+    return Generator(
+        seed, known_defects=job.known_defects, config=job.config, variant=job.variant
+    ).program(job.steps)
 
 
 def run_job(job: Job) -> dict[str, object]:
@@ -82,17 +83,35 @@ def run_job(job: Job) -> dict[str, object]:
             known += 1
         if outcome.failed:
             small = shrink(lines, job.variant, outcome, job.shrink_budget)
-            findings.append(asdict(Finding(seed, job.variant or "mainline", outcome.kind,
-                                           outcome.message, small)))
-    return {"programs": programs, "steps": steps, "known": known, "findings": findings,
-            "seconds": time.monotonic() - start, "done": done}
+            findings.append(
+                asdict(
+                    Finding(seed, job.variant or "mainline", outcome.kind, outcome.message, small)
+                )
+            )
+    return {
+        "programs": programs,
+        "steps": steps,
+        "known": known,
+        "findings": findings,
+        "seconds": time.monotonic() - start,
+        "done": done,
+    }
 
 
-def campaign(variant: str | None, base_seed: int, programs: int, steps: int, *,
-             jobs: int = 1, config: str | None = None, known_defects: bool = False,
-             time_limit: float | None = None, shrink_budget: float = 20.0,
-             skip: set[int] | None = None,
-             progress: Callable[[int], None] | None = None) -> Summary:
+def campaign(
+    variant: str | None,
+    base_seed: int,
+    programs: int,
+    steps: int,
+    *,
+    jobs: int = 1,
+    config: str | None = None,
+    known_defects: bool = False,
+    time_limit: float | None = None,
+    shrink_budget: float = 20.0,
+    skip: set[int] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Summary:
     seeds = [s for s in range(base_seed, base_seed + programs) if not skip or s not in skip]
     chunks = [tuple(seeds[i::jobs]) for i in range(jobs)] if jobs > 1 else [tuple(seeds)]
     summary = Summary(variant or "mainline")
@@ -100,8 +119,13 @@ def campaign(variant: str | None, base_seed: int, programs: int, steps: int, *,
     results: list[dict[str, object]] = []
     if jobs > 1:
         with ProcessPoolExecutor(max_workers=jobs) as pool:
-            for res in pool.map(run_job, [Job(variant, c, steps, config, known_defects,
-                                              time_limit, shrink_budget) for c in chunks]):
+            for res in pool.map(
+                run_job,
+                [
+                    Job(variant, c, steps, config, known_defects, time_limit, shrink_budget)
+                    for c in chunks
+                ],
+            ):
                 results.append(res)
                 if progress:
                     progress(int(res["programs"]))  # type: ignore[call-overload]
@@ -112,8 +136,17 @@ def campaign(variant: str | None, base_seed: int, programs: int, steps: int, *,
             left = None if time_limit is None else time_limit - (time.monotonic() - start)
             if left is not None and left <= 0:
                 break
-            res = run_job(Job(variant, tuple(seeds[i : i + per]), steps, config,
-                              known_defects, left, shrink_budget))
+            res = run_job(
+                Job(
+                    variant,
+                    tuple(seeds[i : i + per]),
+                    steps,
+                    config,
+                    known_defects,
+                    left,
+                    shrink_budget,
+                )
+            )
             results.append(res)
             if progress:
                 progress(int(res["programs"]))  # type: ignore[call-overload]
@@ -132,8 +165,9 @@ def campaign(variant: str | None, base_seed: int, programs: int, steps: int, *,
     return summary
 
 
-def replay(seed: int, steps: int, variant: str | None, config: str | None,
-           known_defects: bool) -> tuple[Outcome, list[str]]:
+def replay(
+    seed: int, steps: int, variant: str | None, config: str | None, known_defects: bool
+) -> tuple[Outcome, list[str]]:
     job = Job(variant, (seed,), steps, config, known_defects, None, 20.0)
     lines = generate(seed, job)
     return run_program(lines, variant, allow_known=known_defects), lines
@@ -147,7 +181,7 @@ def save_finding(directory: Path, finding: Finding) -> Path:
     first_line = finding.message.splitlines()[0] if finding.message else finding.kind
     header = [
         f"# Counterexample found by `foliosim fuzz --variant {finding.variant} --seed "
-        f"{finding.seed}`, shrunk to {len([s for s in finding.scenario if ':' in s])} task statements.",
+        f"{finding.seed}`, shrunk to {sum(':' in s for s in finding.scenario)} task statements.",
         f"# Failure: {first_line}",
         "# expect-exit: 1",
         f"# variants: {finding.variant}",
@@ -168,9 +202,15 @@ def atomic_write(path: Path, text: str) -> None:
 
 
 def save_state(path: Path, summary: Summary) -> None:
-    data = {"variant": summary.variant, "programs": summary.programs, "steps": summary.steps,
-            "seconds": summary.seconds, "known_defects": summary.known_defects,
-            "findings": [asdict(f) for f in summary.findings], "done": sorted(summary.done)}
+    data = {
+        "variant": summary.variant,
+        "programs": summary.programs,
+        "steps": summary.steps,
+        "seconds": summary.seconds,
+        "known_defects": summary.known_defects,
+        "findings": [asdict(f) for f in summary.findings],
+        "done": sorted(summary.done),
+    }
     atomic_write(path, json.dumps(data, indent=2))
 
 

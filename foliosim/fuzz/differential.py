@@ -39,8 +39,9 @@ def first_difference(lines: list[str], left: str, right: str) -> tuple[int, str]
     return None
 
 
-def differential_campaign(left: str, right: str, base: int, programs: int, steps: int,
-                          config: str | None) -> dict[str, Any]:
+def differential_campaign(
+    left: str, right: str, base: int, programs: int, steps: int, config: str | None
+) -> dict[str, Any]:
     best: list[str] | None = None
     best_desc = ""
     for seed in range(base, base + programs):
@@ -57,8 +58,14 @@ def differential_campaign(left: str, right: str, base: int, programs: int, steps
             best = candidate
             found = first_difference(candidate, left, right)
             best_desc = found[1] if found else ""
-    return {"left": left, "right": right, "programs": programs, "base_seed": base,
-            "scenario": best or [], "difference": best_desc}
+    return {
+        "left": left,
+        "right": right,
+        "programs": programs,
+        "base_seed": base,
+        "scenario": best or [],
+        "difference": best_desc,
+    }
 
 
 def _setup(line: str) -> bool:

@@ -62,9 +62,14 @@ def known_defect(run: Run) -> str | None:
     return None
 
 
-def run_program(lines: list[str], variant: str | None, check: bool = True,
-                full_check: bool = False, allow_known: bool = False,
-                ownership: bool = True) -> Outcome:
+def run_program(
+    lines: list[str],
+    variant: str | None,
+    check: bool = True,
+    full_check: bool = False,
+    allow_known: bool = False,
+    ownership: bool = True,
+) -> Outcome:
     """Run program text statement by statement; stop at the first failure. Invariants are
     checked incrementally after every statement (``full_check``: the whole model each time)."""
     text = "\n".join(lines) + "\n"
@@ -126,8 +131,9 @@ def program_for(seed: int, steps: int, variant: str | None, with_dax: bool = Tru
     return Generator(seed, with_dax=with_dax, variant=variant).program(steps)
 
 
-def shrink(lines: list[str], variant: str | None, outcome: Outcome,
-           budget_s: float = 20.0) -> list[str]:
+def shrink(
+    lines: list[str], variant: str | None, outcome: Outcome, budget_s: float = 20.0
+) -> list[str]:
     """ddmin over statements after the setup header, keeping the failure's kind."""
     start = time.monotonic()
     header = [ln for ln in lines if _is_setup(ln)]
@@ -160,8 +166,13 @@ def _is_setup(line: str) -> bool:
     return word in ("config", "memory", "devdax", "fsdax", "file", "task")
 
 
-def _minimal_header(header: list[str], body: list[str], variant: str | None,
-                    fails: Callable[[list[str]], bool], want: str) -> list[str]:
+def _minimal_header(
+    header: list[str],
+    body: list[str],
+    variant: str | None,
+    fails: Callable[[list[str]], bool],
+    want: str,
+) -> list[str]:
     """Drop setup lines (devices, files) the failure does not need."""
     kept = list(header)
     changed = True
@@ -178,8 +189,15 @@ def _minimal_header(header: list[str], body: list[str], variant: str | None,
     return kept
 
 
-def fuzz(variant: str | None, seeds: range, steps: int, *, time_limit: float | None = None,
-         with_dax: bool = True, stop_at_first: bool = False) -> Campaign:
+def fuzz(
+    variant: str | None,
+    seeds: range,
+    steps: int,
+    *,
+    time_limit: float | None = None,
+    with_dax: bool = True,
+    stop_at_first: bool = False,
+) -> Campaign:
     campaign = Campaign(variant or "mainline")
     start = time.monotonic()
     for seed in seeds:

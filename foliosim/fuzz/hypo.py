@@ -16,7 +16,13 @@ from dataclasses import dataclass, field
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    rule,
+    run_state_machine_as_test,
+)
 
 from foliosim.check_incremental import IncrementalChecker
 from foliosim.fuzz.engine import FAILING_REPORTS, known_defect, run_program, shrink
@@ -105,14 +111,20 @@ def machine_for(variant: str | None, result: HypothesisResult) -> type[RuleBased
     return ScenarioMachine
 
 
-def hypothesis_campaign(variant: str | None, examples: int, steps: int,
-                        seed: int | None) -> HypothesisResult:
+def hypothesis_campaign(
+    variant: str | None, examples: int, steps: int, seed: int | None
+) -> HypothesisResult:
     result = HypothesisResult(variant or "mainline")
     machine = machine_for(variant, result)
     start = time.monotonic()
-    conf = settings(max_examples=examples, stateful_step_count=steps, deadline=None,
-                    database=None, derandomize=seed is None,
-                    suppress_health_check=list(HealthCheck))
+    conf = settings(
+        max_examples=examples,
+        stateful_step_count=steps,
+        deadline=None,
+        database=None,
+        derandomize=seed is None,
+        suppress_health_check=list(HealthCheck),
+    )
     try:
         if seed is not None:
             random.seed(seed)

@@ -22,8 +22,15 @@ class MutantResult:
     seed: int = -1
 
 
-def hunt(name: str, description: str, budget_s: float, steps: int = 60, base_seed: int = 0,
-         shrink_budget: float = 10.0, ownership: bool = True) -> MutantResult:
+def hunt(
+    name: str,
+    description: str,
+    budget_s: float,
+    steps: int = 60,
+    base_seed: int = 0,
+    shrink_budget: float = 10.0,
+    ownership: bool = True,
+) -> MutantResult:
     """Run programs under the mutant until one fails (or the budget runs out)."""
     start = time.monotonic()
     total_steps = 0
@@ -35,7 +42,17 @@ def hunt(name: str, description: str, budget_s: float, steps: int = 60, base_see
         seed += 1
         if outcome.failed:
             small = shrink(lines, name, outcome, shrink_budget)
-            return MutantResult(name, description, True, seed - base_seed, total_steps,
-                                time.monotonic() - start, small, outcome.kind, seed - 1)
-    return MutantResult(name, description, False, seed - base_seed, total_steps,
-                        time.monotonic() - start, [])
+            return MutantResult(
+                name,
+                description,
+                True,
+                seed - base_seed,
+                total_steps,
+                time.monotonic() - start,
+                small,
+                outcome.kind,
+                seed - 1,
+            )
+    return MutantResult(
+        name, description, False, seed - base_seed, total_steps, time.monotonic() - start, []
+    )

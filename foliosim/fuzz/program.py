@@ -43,6 +43,11 @@ class ProgramState:
         return f"{prefix}{self.counter}"
 
 
+def at(reg: Region, off: int) -> str:
+    """An address expression NAME+OFFSET for a region."""
+    return f"{reg.name}+{size_text(off) if off else 0}"
+
+
 def size_text(n: int) -> str:
     for unit, suffix in ((G, "G"), (M, "M"), (K, "K")):
         if n % unit == 0:
@@ -53,8 +58,15 @@ def size_text(n: int) -> str:
 class Generator:
     """Builds one program from a seed."""
 
-    def __init__(self, seed: int, *, with_dax: bool = True, known_defects: bool = False,
-                 variant: str | None = None, config: str | None = None) -> None:
+    def __init__(
+        self,
+        seed: int,
+        *,
+        with_dax: bool = True,
+        known_defects: bool = False,
+        variant: str | None = None,
+        config: str | None = None,
+    ) -> None:
         self.rng = random.Random(seed)
         self.with_dax = with_dax
         self.known_defects = known_defects
@@ -86,8 +98,9 @@ class Generator:
         lines.append("file sn size=4M fs=shmem")
         lines.append("file pc size=2M fs=pagecache filled")
         lines.append("file pe size=4M fs=pagecache")
-        self.state.files.update({"sh": "shmem", "sn": "shmem", "pc": "pagecache",
-                                 "pe": "pagecache"})
+        self.state.files.update(
+            {"sh": "shmem", "sn": "shmem", "pc": "pagecache", "pe": "pagecache"}
+        )
         lines.append("task T1")
         self.state.tasks.append("T1")
         return lines
@@ -105,11 +118,23 @@ class Generator:
         if not st.regions or r.random() < 0.12:
             return self.mmap()
         choice = r.choices(
-            ["touch", "munmap", "madvise", "mprotect", "mremap", "fork", "exit", "pin",
-             "unpin", "truncate", "shrink"],
+            [
+                "touch",
+                "munmap",
+                "madvise",
+                "mprotect",
+                "mremap",
+                "fork",
+                "exit",
+                "pin",
+                "unpin",
+                "truncate",
+                "shrink",
+            ],
             weights=[30, 6, 12, 6, 4, 4, 2, 6, 3, 3, 4],
         )[0]
-        return getattr(self, choice)()
+        statement: str = getattr(self, choice)()
+        return statement
 
     def task(self) -> str:
         return self.rng.choice(self.state.tasks)
@@ -119,8 +144,17 @@ class Generator:
 
     def offset(self, reg: Region) -> int:
         r = self.rng
-        cands = [0, 4 * K, 2 * M - 4 * K, 2 * M, 2 * M + 4 * K, reg.length // 2,
-                 reg.length - 4 * K, 1 * G, 1 * G - 4 * K]
+        cands = [
+            0,
+            4 * K,
+            2 * M - 4 * K,
+            2 * M,
+            2 * M + 4 * K,
+            reg.length // 2,
+            reg.length - 4 * K,
+            1 * G,
+            1 * G - 4 * K,
+        ]
         off = r.choice([c for c in cands if 0 <= c < reg.length] or [0])
         if reg.unit > 4 * K and r.random() < 0.7:
             off -= off % reg.unit
@@ -175,33 +209,45 @@ class Generator:
         reg = self.region()
         off = self.offset(reg)
         verb = self.rng.choice(["read", "write", "write"])
-        return f"{self.task()}: {verb} {reg.name}+{size_text(off) if off else 0} {size_text(self.length(reg, off))}"
+        return f"{self.task()}: {verb} {at(reg, off)} {size_text(self.length(reg, off))}"
 
     def munmap(self) -> str:
         reg = self.region()
         off = self.offset(reg)
-        return f"{self.task()}: munmap {reg.name}+{size_text(off) if off else 0} {size_text(self.length(reg, off))}"
+        return f"{self.task()}: munmap {at(reg, off)} {size_text(self.length(reg, off))}"
 
     def madvise(self) -> str:
         reg = self.region()
         off = self.offset(reg)
-        advice = self.rng.choice(["DONTNEED", "DONTNEED", "HUGEPAGE", "NOHUGEPAGE", "COLLAPSE",
-                                  "PAGEOUT", "FREE", "GUARD_INSTALL", "GUARD_REMOVE"])
+        advice = self.rng.choice(
+            [
+                "DONTNEED",
+                "DONTNEED",
+                "HUGEPAGE",
+                "NOHUGEPAGE",
+                "COLLAPSE",
+                "PAGEOUT",
+                "FREE",
+                "GUARD_INSTALL",
+                "GUARD_REMOVE",
+            ]
+        )
         if advice == "GUARD_INSTALL" and reg.kind == "devdax" and not self.known_defects:
             advice = "DONTNEED"
-        return (f"{self.task()}: madvise {reg.name}+{size_text(off) if off else 0} "
-                f"{size_text(self.length(reg, off))} {advice}")
+        return f"{self.task()}: madvise {at(reg, off)} {size_text(self.length(reg, off))} {advice}"
 
     def mprotect(self) -> str:
         reg = self.region()
         off = self.offset(reg)
         prot = self.rng.choice(["r", "rw", "rw", "none"])
-        return (f"{self.task()}: mprotect {reg.name}+{size_text(off) if off else 0} "
-                f"{size_text(self.length(reg, off))} {prot}")
+        return f"{self.task()}: mprotect {at(reg, off)} {size_text(self.length(reg, off))} {prot}"
 
     def mremap(self) -> str:
-        candidates = [g for g in self.state.regions
-                      if self.known_defects or self.pud_mremap_fixed or g.kind not in ("devdax",)]
+        candidates = [
+            g
+            for g in self.state.regions
+            if self.known_defects or self.pud_mremap_fixed or g.kind not in ("devdax",)
+        ]
         if not candidates:
             return self.touch()
         reg = self.rng.choice(candidates)
@@ -209,7 +255,8 @@ class Generator:
         new = self.rng.choice([reg.length // 2 or 4 * K, reg.length, reg.length * 2])
         self.state.regions.append(Region(name, reg.kind, new, reg.unit))
         mode = self.rng.choice(["maymove", "maymove", ""])
-        return f"{self.task()}: {name} = mremap {reg.name} {size_text(reg.length)} {size_text(new)} {mode}".rstrip()
+        old = size_text(reg.length)
+        return f"{self.task()}: {name} = mremap {reg.name} {old} {size_text(new)} {mode}".rstrip()
 
     def fork(self) -> str:
         if len(self.state.tasks) >= 4:
@@ -232,7 +279,8 @@ class Generator:
         name = self.state.fresh("p")
         self.state.pins.append(name)
         mode = self.rng.choice(["", "", " get", " longterm"])
-        return f"{self.task()}: {name} = pin {reg.name}+{size_text(off) if off else 0} {size_text(self.rng.choice([4 * K, 64 * K]))}{mode}"
+        length = size_text(self.rng.choice([4 * K, 64 * K]))
+        return f"{self.task()}: {name} = pin {at(reg, off)} {length}{mode}"
 
     def unpin(self) -> str:
         if not self.state.pins:
@@ -244,7 +292,8 @@ class Generator:
     def truncate(self) -> str:
         f = self.rng.choice(sorted(self.state.files))
         if self.rng.random() < 0.5:
-            return f"punch {f} {size_text(self.rng.choice([0, 4 * K, 2 * M]))} {size_text(self.rng.choice([4 * K, 2 * M]))}"
+            off = size_text(self.rng.choice([0, 4 * K, 2 * M]))
+            return f"punch {f} {off} {size_text(self.rng.choice([4 * K, 2 * M]))}"
         return f"truncate {f} {size_text(self.rng.choice([4 * K, 1 * M, 2 * M, 16 * M]))}"
 
     def shrink(self) -> str:

@@ -291,7 +291,8 @@ def make_devdax(k: Kernel, name: str, size: int, align: int) -> DaxDevice:
     nr_pages = size >> k.page_shift
     pgmap = DevPagemap("generic", k.next_device_pfn(nr_pages), nr_pages, order, 1, k.page_shift)
     k.physmem.device_regions.append((pgmap.start_pfn, pgmap.start_pfn + nr_pages, pgmap))
-    device = DaxDevice(name=name, size=size, kind="devdax", align=align, pgmap=pgmap,
-                       page_mkwrite=False)
+    device = DaxDevice(
+        name=name, size=size, kind="devdax", align=align, pgmap=pgmap, page_mkwrite=False
+    )
     k.devices[name] = device
     return device

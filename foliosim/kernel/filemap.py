@@ -239,9 +239,11 @@ def fill_file(k: Kernel, file: BackingFile) -> None:
         if file.kind == "shmem":
             folio = shmem_alloc_and_add_folio(k, file, None, 0, index)
         else:
-            order = k.geometry.pmd_order if (
-                file.huge == "always" and index % pmd_nr == 0 and index + pmd_nr <= nr
-            ) else 0
+            order = (
+                k.geometry.pmd_order
+                if (file.huge == "always" and index % pmd_nr == 0 and index + pmd_nr <= nr)
+                else 0
+            )
             folio = k.alloc_folio(order)
             if folio is not None:
                 folio.refcount -= 1

@@ -165,8 +165,16 @@ def copy_pte_range(k: Kernel, dst: VMA, src: VMA, pmd_no: int) -> None:
 
 
 def _copy_run(
-    k: Kernel, dst: VMA, src: VMA, stable: object, dtable: object, slot: int,
-    folio: Folio, page: int, nr: int, cow: bool,
+    k: Kernel,
+    dst: VMA,
+    src: VMA,
+    stable: object,
+    dtable: object,
+    slot: int,
+    folio: Folio,
+    page: int,
+    nr: int,
+    cow: bool,
 ) -> None:
     from foliosim.kernel.memory import mm_counter
     from foliosim.kernel.pgtable import PteTable

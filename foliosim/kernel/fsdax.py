@@ -260,8 +260,9 @@ class FsdaxFile(BackingFile):
             k.dax_waiters.remove(self)
 
 
-def _break_layout(k: Kernel, file: FsdaxFile, first: int, last: int | None,
-                  new_size: int | None, even_cows: bool) -> None:
+def _break_layout(
+    k: Kernel, file: FsdaxFile, first: int, last: int | None, new_size: int | None, even_cows: bool
+) -> None:
     """dax_break_layout() then the truncate: unmap, wait for idle, delete entries."""
     from foliosim.kernel.truncate import unmap_mapping_range
 

@@ -81,7 +81,14 @@ def gup_put_folio(k: Kernel, folio: Folio, pin: bool) -> None:
 
 
 def pin_user_pages(
-    k: Kernel, task: Task, start: int, length: int, *, pin: bool, longterm: bool, write: bool,
+    k: Kernel,
+    task: Task,
+    start: int,
+    length: int,
+    *,
+    pin: bool,
+    longterm: bool,
+    write: bool,
     name: str,
 ) -> PinSet:
     """__get_user_pages() for [start, start+length): check the VMA (check_vma_flags), fault

@@ -168,7 +168,11 @@ def split_file_folio(k: Kernel, folio: Folio, at: int) -> list[Folio] | None:
     k.enter("folio_split")
     file = folio.mapping
     pmd_order = k.geometry.pmd_order
-    if not folio.large or not isinstance(file, BackingFile) or file.cache.get(folio.index) is not folio:
+    if (
+        not folio.large
+        or not isinstance(file, BackingFile)
+        or file.cache.get(folio.index) is not folio
+    ):
         return None
     if folio.refcount != folio.nr_pages + folio.folio_mapcount():
         if folio.order == pmd_order:
@@ -187,8 +191,9 @@ def split_file_folio(k: Kernel, folio: Folio, at: int) -> list[Folio] | None:
         folio.refcount -= 1
     del file.cache[folio.index]
     if folio.order == pmd_order:
-        k.vmstat.mod("nr_shmem_hugepages" if file.kind == "shmem" else "nr_file_hugepages",
-                     -folio.nr_pages)
+        k.vmstat.mod(
+            "nr_shmem_hugepages" if file.kind == "shmem" else "nr_file_hugepages", -folio.nr_pages
+        )
     k.physmem.folios.pop(folio.pfn, None)
     folio.freed = True
     folio.refcount = 0

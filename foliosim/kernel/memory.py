@@ -205,7 +205,9 @@ def alloc_anon_folio(k: Kernel, vma: VMA, addr: int) -> tuple[Folio | None, int]
         if not huge_memory.thp_vma_suitable_order(k, vma, addr, order):
             continue
         first = (start >> k.page_shift) & mask
-        if table is not None and any(f is not None for f in table.folios[first : first + (1 << order)]):
+        if table is not None and any(
+            f is not None for f in table.folios[first : first + (1 << order)]
+        ):
             continue
         folio = k.alloc_folio(order)
         if folio is not None:

@@ -99,7 +99,8 @@ class VMA:
 
     def describe(self) -> str:
         perms = "".join(
-            c if self.flags & f else "-" for c, f in (("r", VM.READ), ("w", VM.WRITE), ("x", VM.EXEC))
+            c if self.flags & f else "-"
+            for c, f in (("r", VM.READ), ("w", VM.WRITE), ("x", VM.EXEC))
         )
         perms += "s" if self.shared else "p"
         what = self.file.name if self.file is not None else "[anon]"

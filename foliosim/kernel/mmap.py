@@ -72,7 +72,12 @@ def dax_get_unmapped_area(k: Kernel, task: Task, length: int, off: int, align: i
 
 
 def get_unmapped_area(
-    k: Kernel, task: Task, length: int, file: BackingFile | None, off: int, shared: bool,
+    k: Kernel,
+    task: Task,
+    length: int,
+    file: BackingFile | None,
+    off: int,
+    shared: bool,
     align: int | None,
 ) -> int:
     """__get_unmapped_area() (mm/mmap.c, 7.1.8) for a non-fixed request."""
@@ -111,8 +116,15 @@ def _shmem_aligned(k: Kernel, task: Task, length: int, off: int) -> int | None:
 
 
 def do_mmap(
-    k: Kernel, task: Task, length: int, prot: str, shared: bool, file: BackingFile | None,
-    off: int, at: int | None, align: int | None,
+    k: Kernel,
+    task: Task,
+    length: int,
+    prot: str,
+    shared: bool,
+    file: BackingFile | None,
+    off: int,
+    at: int | None,
+    align: int | None,
 ) -> int:
     """do_mmap() + mmap_region() (mm/mmap.c, mm/vma.c, 7.1.8). Returns the address."""
     k.enter("do_mmap")

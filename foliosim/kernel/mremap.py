@@ -30,7 +30,12 @@ if TYPE_CHECKING:
 
 
 def do_mremap(
-    k: Kernel, task: Task, addr: int, old_len: int, new_len: int, maymove: bool,
+    k: Kernel,
+    task: Task,
+    addr: int,
+    old_len: int,
+    new_len: int,
+    maymove: bool,
     fixed: int | None,
 ) -> int:
     """do_mremap() (mm/mremap.c, 7.1.8). Returns the new address."""

@@ -61,8 +61,9 @@ class RefContext:
     def put(self, folio: Folio, n: int = 1) -> None:
         key = self._note(folio)
         if self.held[key] < n:
-            self.owner.report("BUG: KASAN", f"put of a reference not held in {self.name}", folio,
-                              self)
+            self.owner.report(
+                "BUG: KASAN", f"put of a reference not held in {self.name}", folio, self
+            )
             self.held[key] = 0
         else:
             self.held[key] -= n
@@ -76,8 +77,12 @@ class RefContext:
         key = self._note(folio)
         if self.held[key] > 0 or key in self.covered:
             return
-        self.owner.report("BUG: KASAN", f"use-after-put in {self.name}: {what} after the "
-                          "context gave up its reference", folio, self)
+        self.owner.report(
+            "BUG: KASAN",
+            f"use-after-put in {self.name}: {what} after the context gave up its reference",
+            folio,
+            self,
+        )
 
 
 class Ownership:
@@ -97,8 +102,12 @@ class Ownership:
             if self.enabled:
                 for key, count in ctx.held.items():
                     if count > 0:
-                        self.report("BUG", f"reference leak: {name} ended holding {count} "
-                                    "reference(s)", ctx.folios[key], ctx)
+                        self.report(
+                            "BUG",
+                            f"reference leak: {name} ended holding {count} reference(s)",
+                            ctx.folios[key],
+                            ctx,
+                        )
 
     def report(self, kind: str, message: str, folio: Folio, ctx: RefContext) -> None:
         if not self.enabled:
@@ -106,5 +115,6 @@ class Ownership:
         from foliosim.kernel.debug import dump_folio
 
         chain = " <- ".join(c.name for c in reversed(self.stack)) or ctx.name
-        self.k.reports.add(kind, ctx.name, message,
-                           details=f"{dump_folio(self.k, folio)}\ncall chain: {chain}")
+        self.k.reports.add(
+            kind, ctx.name, message, details=f"{dump_folio(self.k, folio)}\ncall chain: {chain}"
+        )

@@ -88,7 +88,9 @@ class PteTable:
         self.index[i] = 0
         self.bits[i] = 0
 
-    def runs(self, first: int = 0, last: int | None = None) -> list[tuple[int, int, Folio, int, bool]]:
+    def runs(
+        self, first: int = 0, last: int | None = None
+    ) -> list[tuple[int, int, Folio, int, bool]]:
         """Runs of present entries in [first, last): consecutive slots mapping consecutive
         pages of one folio with the same special bit, as folio_pte_batch() groups them.
         Each run is (first slot, length, folio, first page index, special)."""

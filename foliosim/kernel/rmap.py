@@ -49,8 +49,7 @@ def _sanity_checks(k: Kernel, folio: Folio, nr_pages: int, level: Level, site: s
     if level == Level.PMD and (folio.nr_pages != k.config.pmd_nr or nr_pages != k.config.pmd_nr):
         k.reports.warn(
             site,
-            f"PMD rmap of a folio of {folio.nr_pages} pages (needs HPAGE_PMD_NR="
-            f"{k.config.pmd_nr})",
+            f"PMD rmap of a folio of {folio.nr_pages} pages (needs HPAGE_PMD_NR={k.config.pmd_nr})",
         )
         ok = False
     if level == Level.PUD and (folio.nr_pages != k.config.pud_nr or nr_pages != k.config.pud_nr):
@@ -332,9 +331,7 @@ def folio_add_anon_rmap_pud(k: Kernel, folio: Folio, vma: VMA) -> None:
     """The anon PUD case of __folio_add_anon_rmap (mm/rmap.c, 7.1.8 and seed): no anonymous
     PUD THP exists, so the kernel WARNs ("keep the compiler happy") after the counters moved."""
     __folio_add_rmap(k, folio, 0, k.config.pud_nr, vma, Level.PUD)
-    k.reports.warn(
-        "__folio_add_anon_rmap", "anonymous PUD mappings are not supported", once=True
-    )
+    k.reports.warn("__folio_add_anon_rmap", "anonymous PUD mappings are not supported", once=True)
 
 
 # ---- fork-time duplication (include/linux/rmap.h) -------------------------------------------

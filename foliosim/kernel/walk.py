@@ -75,8 +75,9 @@ class MappingRef:
     slot: int = 0
 
 
-def mappings_of(mms: list[MM], folio: Folio, geo_pmd_shift: int, geo_pud_shift: int,
-                page_shift: int) -> list[MappingRef]:
+def mappings_of(
+    mms: list[MM], folio: Folio, geo_pmd_shift: int, geo_pud_shift: int, page_shift: int
+) -> list[MappingRef]:
     """rmap_walk() in spirit: every PTE/PMD/PUD entry of every mm that maps ``folio``.
 
     The kernel walks anon_vma/i_mmap trees; the model scans page tables, which gives the same
@@ -100,5 +101,7 @@ def mappings_of(mms: list[MM], folio: Folio, geo_pmd_shift: int, geo_pud_shift: 
             for raw_slot in np.flatnonzero(table.folios == folio):
                 slot = int(raw_slot)
                 addr = (pmd_no << geo_pmd_shift) + (slot << page_shift)
-                out.append(MappingRef(mm, addr, "pte", int(table.index[slot]), 1, None, table, slot))
+                out.append(
+                    MappingRef(mm, addr, "pte", int(table.index[slot]), 1, None, table, slot)
+                )
     return out

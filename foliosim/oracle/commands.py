@@ -32,14 +32,19 @@ from foliosim.oracle.sysfs import (
 from foliosim.scenario.parser import ScenarioError
 from foliosim.scenario.statements import parse_text
 
-oracle_app = typer.Typer(no_args_is_help=True,
-                         help="Run scenarios on this machine's kernel and compare with the model.")
+oracle_app = typer.Typer(
+    no_args_is_help=True, help="Run scenarios on this machine's kernel and compare with the model."
+)
 # Wide enough for the statement and both values when the output is not a terminal.
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 150)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
-ResultsOpt = Annotated[Path | None, typer.Option(
-    "--results", help="Where to write the JSON record (default results/host/<timestamp>.json).")]
+ResultsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--results", help="Where to write the JSON record (default results/host/<timestamp>.json)."
+    ),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
 
@@ -85,10 +90,18 @@ def print_rows(result: HostResult) -> None:
             continue  # quiet rows for syscalls that worked on both sides
         verdict = r.status
         if r.expect_model is False or r.expect_kernel is False:
-            verdict += f" (expect: model {'ok' if r.expect_model else 'FAILED'}, kernel " \
-                       f"{'ok' if r.expect_kernel else 'FAILED'})"
-        table.add_row(str(r.line), r.source, r.what, show(r.model), show(r.kernel),
-                      f"[{style[r.status]}]{verdict}[/{style[r.status]}]")
+            verdict += (
+                f" (expect: model {'ok' if r.expect_model else 'FAILED'}, kernel "
+                f"{'ok' if r.expect_kernel else 'FAILED'})"
+            )
+        table.add_row(
+            str(r.line),
+            r.source,
+            r.what,
+            show(r.model),
+            show(r.kernel),
+            f"[{style[r.status]}]{verdict}[/{style[r.status]}]",
+        )
     console.print(table)
 
 
@@ -115,8 +128,12 @@ def host(
     except Untranslatable as exc:
         err.print(f"{file}: not translatable to the host: {exc}")
         raise typer.Exit(UNTRANSLATABLE_EXIT) from None
-    record = {"kernel": kernel_version(), "original_settings": original,
-              "restored_settings": snapshot(), **result.as_dict()}
+    record = {
+        "kernel": kernel_version(),
+        "original_settings": original,
+        "restored_settings": snapshot(),
+        **result.as_dict(),
+    }
     where = write_record(results, record)
     if json_out:
         print(json.dumps(record, indent=2, default=str))
@@ -153,8 +170,10 @@ def host_suite(
     check_preconditions()
     paths = sorted(directory.rglob("*.fsim")) if directory.is_dir() else [directory]
     out: list[HostResult] = []
-    with settings_for_run() as settings, Progress(console=err, transient=True,
-                                                  disable=json_out) as progress:
+    with (
+        settings_for_run() as settings,
+        Progress(console=err, transient=True, disable=json_out) as progress,
+    ):
         original = dict(settings.saved)
         bar = progress.add_task("host scenarios", total=len(paths))
         for path in paths:
@@ -167,9 +186,13 @@ def host_suite(
                 out.append(res)
             progress.advance(bar)
     summary = suite_summary(out)
-    record = {"kernel": kernel_version(), "original_settings": original,
-              "restored_settings": snapshot(), "summary": summary,
-              "scenarios": [r.as_dict() for r in out]}
+    record = {
+        "kernel": kernel_version(),
+        "original_settings": original,
+        "restored_settings": snapshot(),
+        "summary": summary,
+        "scenarios": [r.as_dict() for r in out],
+    }
     where = write_record(results, record)
     if json_out:
         print(json.dumps(record, indent=2, default=str))
@@ -180,22 +203,36 @@ def host_suite(
         for res in out:
             observed = [r for r in res.rows if r.status != "not observable"]
             agree = sum(1 for r in observed if r.status == "agree")
-            verdict = ("[red]error[/red]" if res.error else
-                       "[green]agree[/green]" if not res.disagreements and not res.expect_failures
-                       else "[red]disagree[/red]" if res.disagreements else "[red]expect[/red]")
-            table.add_row(Path(res.path).name, str(len(observed)), str(agree),
-                          str(len(res.rows) - len(observed)),
-                          "fail" if res.expect_failures else "ok", verdict)
+            verdict = (
+                "[red]error[/red]"
+                if res.error
+                else "[green]agree[/green]"
+                if not res.disagreements and not res.expect_failures
+                else "[red]disagree[/red]"
+                if res.disagreements
+                else "[red]expect[/red]"
+            )
+            table.add_row(
+                Path(res.path).name,
+                str(len(observed)),
+                str(agree),
+                str(len(res.rows) - len(observed)),
+                "fail" if res.expect_failures else "ok",
+                verdict,
+            )
         console.print(table)
         for res in out:
             if res.error:
                 console.print(f"[red]{res.path}: {res.error}[/red]")
             for r in res.disagreements:
-                console.print(f"[red]{res.path}:{r.line}: {r.source}: {r.what}: model "
-                              f"{show(r.model)}, kernel {show(r.kernel)}[/red]")
+                console.print(
+                    f"[red]{res.path}:{r.line}: {r.source}: {r.what}: model "
+                    f"{show(r.model)}, kernel {show(r.kernel)}[/red]"
+                )
         console.print(
             f"agreement: {summary['agreeing_values']}/{summary['observed_values']} observable "
             f"values ({summary['agreement_percent']}%), {summary['scenarios_agreeing']}/"
-            f"{summary['scenarios']} scenarios; record: {where}")
+            f"{summary['scenarios']} scenarios; record: {where}"
+        )
     failed = any(r.error or r.disagreements or r.expect_failures for r in out)
     raise typer.Exit(1 if failed else 0)

@@ -75,17 +75,29 @@ class HostResult:
         return [r for r in self.rows if r.expect_model is False or r.expect_kernel is False]
 
     def as_dict(self) -> dict[str, Any]:
-        return {"file": self.path, "kernel": self.kernel, "thp_settings": self.settings,
-                "error": self.error, "agree": not self.disagreements,
-                "vmstat_deltas": self.vmstat_deltas, "attempts": self.attempts,
-                "rows": [r.as_dict() for r in self.rows]}
+        return {
+            "file": self.path,
+            "kernel": self.kernel,
+            "thp_settings": self.settings,
+            "error": self.error,
+            "agree": not self.disagreements,
+            "vmstat_deltas": self.vmstat_deltas,
+            "attempts": self.attempts,
+            "rows": [r.as_dict() for r in self.rows],
+        }
 
 
 def scenario_config(stmts: list[Stmt]) -> tuple[str, dict[int, str]]:
     """thp= and mthp= of the scenario; Untranslatable for configurations the host is not."""
     thp, mthp = "madvise", {}
-    host_fixed = {"arch": "x86_64", "levels": "4", "granule": "4K", "mapcount": "page",
-                  "variant": "mainline", "swap": "0"}
+    host_fixed = {
+        "arch": "x86_64",
+        "levels": "4",
+        "granule": "4K",
+        "mapcount": "page",
+        "variant": "mainline",
+        "swap": "0",
+    }
     for stmt in stmts:
         if stmt.kind != "config":
             continue
@@ -96,8 +108,7 @@ def scenario_config(stmts: list[Stmt]) -> tuple[str, dict[int, str]]:
             elif key == "mthp":
                 for item in filter(None, value.split(",")):
                     size, _, mode = item.partition(":")
-                    num = int(size.rstrip("KMG"), 0) * {"K": 1 << 10, "M": 1 << 20}.get(
-                        size[-1], 1)
+                    num = int(size.rstrip("KMG"), 0) * {"K": 1 << 10, "M": 1 << 20}.get(size[-1], 1)
                     mthp[num] = mode
             elif key in host_fixed:
                 if value != host_fixed[key]:
@@ -106,8 +117,10 @@ def scenario_config(stmts: list[Stmt]) -> tuple[str, dict[int, str]]:
                 raise Untranslatable(f"config {key}={value} cannot be set on a running kernel")
     for stmt in stmts:
         if stmt.kind in UNSUPPORTED:
-            raise Untranslatable(f"line {stmt.line}: '{stmt.kind}' is not translated "
-                                 "(no DAX device, no user-space pin on the host)")
+            raise Untranslatable(
+                f"line {stmt.line}: '{stmt.kind}' is not translated "
+                "(no DAX device, no user-space pin on the host)"
+            )
         if stmt.kind == "file" and stmt.pair("fs")[0] not in ("pagecache", "shmem"):
             raise Untranslatable(f"line {stmt.line}: fs-dax files are not translated")
     return thp, mthp
@@ -119,9 +132,11 @@ def run_model(path: str, stmts: list[Stmt]) -> tuple[Run, dict[int, dict[str, An
 
     def obs(run: Run) -> dict[str, Any]:
         line = run.results[-1].line
-        snap = {"names": dict(run.names),
-                "tasks": {n: (t.errno, t.signal, t.exited) for n, t in run.kernel.tasks.items()},
-                "global_errno": run.kernel.global_errno}
+        snap = {
+            "names": dict(run.names),
+            "tasks": {n: (t.errno, t.signal, t.exited) for n, t in run.kernel.tasks.items()},
+            "global_errno": run.kernel.global_errno,
+        }
         after[line] = snap
         return snap
 
@@ -132,8 +147,7 @@ def run_model(path: str, stmts: list[Stmt]) -> tuple[Run, dict[int, dict[str, An
 class HostRun:
     """One scenario on the real kernel."""
 
-    def __init__(self, path: str, stmts: list[Stmt], settings: HostSettings,
-                 workdir: Path) -> None:
+    def __init__(self, path: str, stmts: list[Stmt], settings: HostSettings, workdir: Path) -> None:
         self.path, self.stmts, self.settings, self.workdir = path, stmts, settings, workdir
         self.names: dict[str, int] = {}
         self.files: dict[str, Path] = {}
@@ -165,8 +179,18 @@ class HostRun:
             if mnt is None:
                 mnt = self.workdir / f"tmpfs-{huge}"
                 mnt.mkdir()
-                subprocess.run(["mount", "-t", "tmpfs", "-o", f"huge={huge},size=16G",
-                                f"foliosim-{huge}", str(mnt)], check=True)
+                subprocess.run(
+                    [
+                        "mount",
+                        "-t",
+                        "tmpfs",
+                        "-o",
+                        f"huge={huge},size=16G",
+                        f"foliosim-{huge}",
+                        str(mnt),
+                    ],
+                    check=True,
+                )
                 self.mounts[huge] = mnt
             path = mnt / name
         else:
@@ -260,8 +284,16 @@ class HostRun:
                 flags |= libc.MAP_FIXED_NOREPLACE
             if a["populate"]:
                 flags |= libc.MAP_POPULATE
-            reply = w.call(task, "mmap", where, length(), libc.PROT[str(a["prot"])], flags,
-                           path, stmt.num("off"))
+            reply = w.call(
+                task,
+                "mmap",
+                where,
+                length(),
+                libc.PROT[str(a["prot"])],
+                flags,
+                path,
+                stmt.num("off"),
+            )
             if reply[0] == "ok":
                 self.names[str(a["bind"])] = int(reply[1])
             return reply
@@ -377,8 +409,9 @@ def value_of(host: HostRun, value: Any) -> Any:
     return None if value == "none" else value
 
 
-def run_scenario(path: str, stmts: list[Stmt], settings: HostSettings,
-                 attempts: int = 3) -> HostResult:
+def run_scenario(
+    path: str, stmts: list[Stmt], settings: HostSettings, attempts: int = 3
+) -> HostResult:
     """Model and kernel for one parsed scenario; settings must be entered already.
 
     /proc/vmstat is system-wide: another process faulting or splitting a THP while one of
@@ -388,8 +421,11 @@ def run_scenario(path: str, stmts: list[Stmt], settings: HostSettings,
     attempts it took."""
     result = run_once(path, stmts, settings)
     tries = 1
-    while tries < attempts and result.disagreements and all(
-            r.what.startswith("vmstat.") for r in result.disagreements):
+    while (
+        tries < attempts
+        and result.disagreements
+        and all(r.what.startswith("vmstat.") for r in result.disagreements)
+    ):
         result = run_once(path, stmts, settings)
         tries += 1
     result.attempts = tries
@@ -413,8 +449,11 @@ def run_once(path: str, stmts: list[Stmt], settings: HostSettings) -> HostResult
             snap = after.get(stmt.line, {})
             before = observe.vmstat()
             host.run_statement(stmt, snap)
-            deltas = {key: value - before.get(key, 0) for key, value in observe.vmstat().items()
-                      if value != before.get(key, 0)}
+            deltas = {
+                key: value - before.get(key, 0)
+                for key, value in observe.vmstat().items()
+                if value != before.get(key, 0)
+            }
             for key, delta in deltas.items():
                 host.vmstat[key] = host.vmstat.get(key, 0) + delta
             huge = {k: v for k, v in deltas.items() if any(w in k for w in HUGE_WORDS)}
@@ -429,15 +468,17 @@ def run_once(path: str, stmts: list[Stmt], settings: HostSettings) -> HostResult
     return result
 
 
-def _compare(result: HostResult, host: HostRun, stmt: Stmt, snap: dict[str, Any],
-             model_result: Any) -> None:
+def _compare(
+    result: HostResult, host: HostRun, stmt: Stmt, snap: dict[str, Any], model_result: Any
+) -> None:
     def add(what: str, model_value: Any, kernel_value: Any, **kw: Any) -> None:
         if kernel_value == NOT_OBSERVABLE or model_value == NOT_OBSERVABLE:
             status = "not observable"
         else:
             status = "agree" if model_value == kernel_value else "disagree"
-        result.rows.append(Row(stmt.line, stmt.source, what, model_value, kernel_value,
-                               status, **kw))
+        result.rows.append(
+            Row(stmt.line, stmt.source, what, model_value, kernel_value, status, **kw)
+        )
 
     if stmt.task is not None and stmt.kind not in ("proc",):
         m_errno, m_signal, _ = snap.get("tasks", {}).get(stmt.task, (None, None, False))
@@ -458,9 +499,17 @@ def _compare(result: HostResult, host: HostRun, stmt: Stmt, snap: dict[str, Any]
         if kernel_value != NOT_OBSERVABLE:
             right = value_of(host, raw)
             kernel_ok = None if right == NOT_OBSERVABLE else compare(op, kernel_value, right)
-        add(q.text(), model_value, kernel_value,
+        add(
+            q.text(),
+            model_value,
+            kernel_value,
             expect_model=model_result.ok if model_result is not None else None,
-            expect_kernel=kernel_ok)
+            expect_kernel=kernel_ok,
+        )
     elif stmt.kind in ("expect_warning", "expect_no_warnings"):
-        add("warnings", NOT_OBSERVABLE, NOT_OBSERVABLE,
-            expect_model=model_result.ok if model_result is not None else None)
+        add(
+            "warnings",
+            NOT_OBSERVABLE,
+            NOT_OBSERVABLE,
+            expect_model=model_result.ok if model_result is not None else None,
+        )

@@ -26,8 +26,17 @@ POSIX_FADV_DONTNEED = 4
 PR_SET_CHILD_SUBREAPER = 36
 
 ADVICE = {
-    "NORMAL": 0, "WILLNEED": 3, "DONTNEED": 4, "FREE": 8, "HUGEPAGE": 14, "NOHUGEPAGE": 15,
-    "COLD": 20, "PAGEOUT": 21, "COLLAPSE": 25, "GUARD_INSTALL": 102, "GUARD_REMOVE": 103,
+    "NORMAL": 0,
+    "WILLNEED": 3,
+    "DONTNEED": 4,
+    "FREE": 8,
+    "HUGEPAGE": 14,
+    "NOHUGEPAGE": 15,
+    "COLD": 20,
+    "PAGEOUT": 21,
+    "COLLAPSE": 25,
+    "GUARD_INSTALL": 102,
+    "GUARD_REMOVE": 103,
 }
 
 MAP_FAILED = ctypes.c_void_p(-1).value
@@ -36,8 +45,14 @@ _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True
 
 _mmap = _libc.mmap
 _mmap.restype = ctypes.c_void_p
-_mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
-                  ctypes.c_long]
+_mmap.argtypes = [
+    ctypes.c_void_p,
+    ctypes.c_size_t,
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.c_long,
+]
 _munmap = _libc.munmap
 _munmap.restype = ctypes.c_int
 _munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
@@ -49,8 +64,13 @@ _madvise.restype = ctypes.c_int
 _madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 _mremap = _libc.mremap
 _mremap.restype = ctypes.c_void_p
-_mremap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t, ctypes.c_int,
-                    ctypes.c_void_p]
+_mremap.argtypes = [
+    ctypes.c_void_p,
+    ctypes.c_size_t,
+    ctypes.c_size_t,
+    ctypes.c_int,
+    ctypes.c_void_p,
+]
 _fallocate = _libc.fallocate
 _fallocate.restype = ctypes.c_int
 _fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]

@@ -39,14 +39,31 @@ PAGEMAP_SCAN = 0xC0606610  # _IOWR('f', 16, struct pm_scan_arg) (96 bytes)
 
 
 class PageRegion(ctypes.Structure):
-    _fields_ = [("start", ctypes.c_uint64), ("end", ctypes.c_uint64),
-                ("categories", ctypes.c_uint64)]
+    _fields_ = [
+        ("start", ctypes.c_uint64),
+        ("end", ctypes.c_uint64),
+        ("categories", ctypes.c_uint64),
+    ]
 
 
 class PmScanArg(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_uint64) for name in (
-        "size", "flags", "start", "end", "walk_end", "vec", "vec_len", "max_pages",
-        "category_inverted", "category_mask", "category_anyof_mask", "return_mask")]
+    _fields_ = [
+        (name, ctypes.c_uint64)
+        for name in (
+            "size",
+            "flags",
+            "start",
+            "end",
+            "walk_end",
+            "vec",
+            "vec_len",
+            "max_pages",
+            "category_inverted",
+            "category_mask",
+            "category_anyof_mask",
+            "return_mask",
+        )
+    ]
 
 
 @dataclass
@@ -67,11 +84,20 @@ def scan_categories(pid: int, addr: int) -> int | None:
     """PAGEMAP_SCAN categories of the page at addr (None when the ioctl is refused)."""
     page = addr & ~(PAGE - 1)
     vec = (PageRegion * 1)()
-    arg = PmScanArg(size=ctypes.sizeof(PmScanArg), flags=0, start=page, end=page + PAGE,
-                    walk_end=0, vec=ctypes.addressof(vec), vec_len=1, max_pages=0,
-                    category_inverted=0, category_mask=0, category_anyof_mask=0,
-                    return_mask=PAGE_IS_PRESENT | PAGE_IS_SWAPPED | PAGE_IS_PFNZERO
-                    | PAGE_IS_HUGE)
+    arg = PmScanArg(
+        size=ctypes.sizeof(PmScanArg),
+        flags=0,
+        start=page,
+        end=page + PAGE,
+        walk_end=0,
+        vec=ctypes.addressof(vec),
+        vec_len=1,
+        max_pages=0,
+        category_inverted=0,
+        category_mask=0,
+        category_anyof_mask=0,
+        return_mask=PAGE_IS_PRESENT | PAGE_IS_SWAPPED | PAGE_IS_PFNZERO | PAGE_IS_HUGE,
+    )
     fd = os.open(f"/proc/{pid}/pagemap", os.O_RDONLY)
     try:
         n = fcntl.ioctl(fd, PAGEMAP_SCAN, arg)
@@ -99,8 +125,9 @@ def level(pid: int, addr: int) -> str | None:
 def _in_pmd_mapped_smaps(pid: int, addr: int) -> bool:
     for vma, fields in smaps(pid):
         if vma.start <= addr < vma.end:
-            return any(fields.get(k, 0) for k in
-                       ("AnonHugePages", "ShmemPmdMapped", "FilePmdMapped"))
+            return any(
+                fields.get(k, 0) for k in ("AnonHugePages", "ShmemPmdMapped", "FilePmdMapped")
+            )
     return False
 
 
@@ -160,8 +187,9 @@ def maps(pid: int) -> list[Vma]:
         for line in f:
             parts = line.split(maxsplit=5)
             lo, hi = (int(x, 16) for x in parts[0].split("-"))
-            out.append(Vma(lo, hi, parts[1], int(parts[2], 16),
-                           parts[5].strip() if len(parts) > 5 else ""))
+            out.append(
+                Vma(lo, hi, parts[1], int(parts[2], 16), parts[5].strip() if len(parts) > 5 else "")
+            )
     return out
 
 
@@ -174,8 +202,18 @@ def smaps(pid: int) -> list[tuple[Vma, dict[str, int]]]:
         for line in f:
             m = _HEADER.match(line)
             if m:
-                out.append((Vma(int(m.group(1), 16), int(m.group(2), 16), m.group(3),
-                                int(m.group(4), 16), m.group(5).strip()), {}))
+                out.append(
+                    (
+                        Vma(
+                            int(m.group(1), 16),
+                            int(m.group(2), 16),
+                            m.group(3),
+                            int(m.group(4), 16),
+                            m.group(5).strip(),
+                        ),
+                        {},
+                    )
+                )
                 continue
             key, _, rest = line.partition(":")
             value = rest.split()
@@ -185,8 +223,9 @@ def smaps(pid: int) -> list[tuple[Vma, dict[str, int]]]:
 
 
 def is_shmem_path(path: str, shmem_dirs: tuple[str, ...]) -> bool:
-    return (path.startswith(("/dev/zero", "/memfd:", "/SYSV"))
-            or any(path.startswith(d) for d in shmem_dirs))
+    return path.startswith(("/dev/zero", "/memfd:", "/SYSV")) or any(
+        path.startswith(d) for d in shmem_dirs
+    )
 
 
 def window_rss(pid: int, lo: int, hi: int, shmem_dirs: tuple[str, ...]) -> dict[str, int]:

@@ -164,8 +164,9 @@ class HostSettings:
             with contextlib.suppress(OSError):
                 _write(path, value)
 
-    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
         try:
             self.restore()
         finally:

@@ -163,8 +163,7 @@ class Workers:
                 if _state(pid) in (None, "Z"):
                     return None
             if wpid == pid:
-                return signal.Signals(os.WTERMSIG(status)).name if os.WIFSIGNALED(status) \
-                    else None
+                return signal.Signals(os.WTERMSIG(status)).name if os.WIFSIGNALED(status) else None
             time.sleep(0.005)
         return None
 

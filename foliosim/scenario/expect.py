@@ -63,8 +63,11 @@ def run_expect(run: Run, stmt: Stmt, result: StmtResult) -> None:
         return
     if stmt.kind == "expect_no_warnings":
         if k.reports.reports:
-            _fail(run, result, "expected no warnings, got:\n" + "\n".join(
-                r.render() for r in k.reports.reports))
+            _fail(
+                run,
+                result,
+                "expected no warnings, got:\n" + "\n".join(r.render() for r in k.reports.reports),
+            )
         return
     query = stmt.args["query"]
     assert isinstance(query, Query)
@@ -75,8 +78,12 @@ def run_expect(run: Run, stmt: Stmt, result: StmtResult) -> None:
     result.values[query.text()] = left
     if not compare(op, left, right):
         rhs = raw.text() if isinstance(raw, Query) else show(right)
-        _fail(run, result, f"expected {query.text()} {op} {rhs}, actual {show(left)}"
-              + (f" (right side {show(right)})" if isinstance(raw, Query) else ""))
+        _fail(
+            run,
+            result,
+            f"expected {query.text()} {op} {rhs}, actual {show(left)}"
+            + (f" (right side {show(right)})" if isinstance(raw, Query) else ""),
+        )
         dump = _dump_for(run, query)
         if dump:
             result.output.append(dump)
@@ -90,7 +97,7 @@ def _fail(run: Run, result: StmtResult, message: str) -> None:
 
 def _dump_for(run: Run, query: Query) -> str:
     """The folio (or page table) involved in a failed expectation."""
-    from foliosim.check import dump_folio
+    from foliosim.kernel.debug import dump_folio
 
     if query.kind not in ("folio", "page", "level") or query.task is None:
         return ""

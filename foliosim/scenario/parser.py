@@ -17,14 +17,38 @@ NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 OPERATORS = ("==", "!=", "<=", ">=", "<", ">")
 PROTS = ("r", "rw", "rx", "rwx", "none")
 ADVICES = (
-    "DONTNEED", "HUGEPAGE", "NOHUGEPAGE", "COLLAPSE", "PAGEOUT", "FREE", "GUARD_INSTALL",
-    "GUARD_REMOVE", "COLD", "WILLNEED", "NORMAL",
+    "DONTNEED",
+    "HUGEPAGE",
+    "NOHUGEPAGE",
+    "COLLAPSE",
+    "PAGEOUT",
+    "FREE",
+    "GUARD_INSTALL",
+    "GUARD_REMOVE",
+    "COLD",
+    "WILLNEED",
+    "NORMAL",
 )
 PROC_FILES = ("status", "maps", "smaps", "smaps_rollup", "pagemap", "numa_maps")
 FOLIO_FIELDS = (
-    "refcount", "mapcount", "entire_mapcount", "large_mapcount", "nr_pages_mapped",
-    "entirely_mapped", "pincount", "order", "nr_pages", "dirty", "referenced", "anon",
-    "zone_device", "zero", "pfn", "maybe_mapped_shared", "deferred", "partially_mapped",
+    "refcount",
+    "mapcount",
+    "entire_mapcount",
+    "large_mapcount",
+    "nr_pages_mapped",
+    "entirely_mapped",
+    "pincount",
+    "order",
+    "nr_pages",
+    "dirty",
+    "referenced",
+    "anon",
+    "zone_device",
+    "zero",
+    "pfn",
+    "maybe_mapped_shared",
+    "deferred",
+    "partially_mapped",
 )
 PAGE_FIELDS = ("mapcount", "precise_mapcount", "anon_exclusive", "written")
 PAGE_COUNTED_FOLIO = ("nr_pages", "nr_pages_mapped")
@@ -73,9 +97,8 @@ class Query:
     line: int = 0
 
     def page_counted(self) -> bool:
-        return (
-            self.kind in ("rss", "free")
-            or (self.kind == "folio" and self.field in PAGE_COUNTED_FOLIO)
+        return self.kind in ("rss", "free") or (
+            self.kind == "folio" and self.field in PAGE_COUNTED_FOLIO
         )
 
     def text(self) -> str:
@@ -188,7 +211,11 @@ class LineParser:
 
     def error(self, msg: str, col: int | None = None) -> ScenarioError:
         if col is None:
-            col = self.toks[self.pos].col if self.pos < len(self.toks) else len(self.text.rstrip()) + 1
+            col = (
+                self.toks[self.pos].col
+                if self.pos < len(self.toks)
+                else len(self.text.rstrip()) + 1
+            )
         return ScenarioError(self.path, self.line, col, msg)
 
     def peek(self) -> Tok | None:

@@ -75,8 +75,14 @@ def resolve(k: Kernel, folio: Folio, page: int) -> tuple[Folio, int]:
 
 
 def folio_field(k: Kernel, f: Folio, field: str, special: bool) -> QValue:
-    large_only = ("entire_mapcount", "large_mapcount", "nr_pages_mapped", "entirely_mapped",
-                  "partially_mapped", "deferred")
+    large_only = (
+        "entire_mapcount",
+        "large_mapcount",
+        "nr_pages_mapped",
+        "entirely_mapped",
+        "partially_mapped",
+        "deferred",
+    )
     if field in large_only and not f.large:
         return None
     if field == "refcount":
@@ -101,9 +107,15 @@ def folio_field(k: Kernel, f: Folio, field: str, special: bool) -> QValue:
         return f.pfn
     if field == "maybe_mapped_shared":
         return int(len({r.mm.id for r in k.rmap_walk(f)}) > 1)
-    flag = {"dirty": f.dirty, "referenced": f.referenced, "anon": f.anon,
-            "zone_device": f.zone_device, "zero": f.zero, "deferred": f.deferred,
-            "partially_mapped": f.partially_mapped}
+    flag = {
+        "dirty": f.dirty,
+        "referenced": f.referenced,
+        "anon": f.anon,
+        "zone_device": f.zone_device,
+        "zero": f.zero,
+        "deferred": f.deferred,
+        "partially_mapped": f.partially_mapped,
+    }
     return int(flag[field])
 
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
-from typing import Any
 
 from foliosim.check import Violation, check_all
 from foliosim.config import (
@@ -21,8 +21,8 @@ from foliosim.kernel.files import BackingFile
 from foliosim.kernel.huge_memory_split import deferred_split_scan
 from foliosim.kernel.kernel import Kernel, Task
 from foliosim.kernel.mmap import SyscallError
-from foliosim.scenario.parser import Addr, Num, Query, ScenarioError, Stmt, size_value
-from foliosim.scenario.queries import QValue, UnknownCounter, evaluate
+from foliosim.scenario.parser import Addr, Num, ScenarioError, Stmt, size_value
+from foliosim.scenario.queries import QValue, UnknownCounter
 from foliosim.variants import get_variant
 
 SNAPSHOT_COUNTERS = ("rss", "vmstat")
@@ -83,6 +83,7 @@ def build_kernel(path: str, stmts: list[Stmt], variant_override: str | None) -> 
         kv: dict[str, tuple[str, int]] = stmt.args["kv"]  # type: ignore[assignment]
         where = (stmt.line, stmt.col)
         for key, (value, col) in kv.items():
+
             def bad(msg: str, col: int = col, line: int = stmt.line) -> ScenarioError:
                 return ScenarioError(path, line, col, msg)
 
@@ -149,9 +150,15 @@ def build_kernel(path: str, stmts: list[Stmt], variant_override: str | None) -> 
     return Kernel(config, chosen)
 
 
-def execute(path: str, stmts: list[Stmt], *, variant: str | None = None,
-            check_each: bool = False, trace: bool = False,
-            observe: Callable[[Run], dict[str, Any]] | None = None) -> Run:
+def execute(
+    path: str,
+    stmts: list[Stmt],
+    *,
+    variant: str | None = None,
+    check_each: bool = False,
+    trace: bool = False,
+    observe: Callable[[Run], dict[str, Any]] | None = None,
+) -> Run:
     kernel = build_kernel(path, stmts, variant)
     run = Run(path, kernel)
     kernel.pinsets = run.pins  # type: ignore[attr-defined]
@@ -165,7 +172,9 @@ def execute(path: str, stmts: list[Stmt], *, variant: str | None = None,
         try:
             run_statement(run, stmt, result)
         except UnknownCounter as exc:
-            raise ScenarioError(path, stmt.line, stmt.col, f"unknown vmstat counter '{exc}'") from None
+            raise ScenarioError(
+                path, stmt.line, stmt.col, f"unknown vmstat counter '{exc}'"
+            ) from None
         if trace:
             result.trace = list(kernel.trace_log or [])
             after = _counters(kernel)
@@ -259,7 +268,9 @@ def _setup_devdax(run: Run, stmt: Stmt) -> None:
         raise ScenarioError(run.path, stmt.line, stmt.col, f"align must be one of {allowed}")
     if not k.config.enabled("DEV_DAX"):
         raise ScenarioError(
-            run.path, stmt.line, stmt.col,
+            run.path,
+            stmt.line,
+            stmt.col,
             "CONFIG_DEV_DAX is not set (it depends on CONFIG_TRANSPARENT_HUGEPAGE and "
             "CONFIG_ZONE_DEVICE)",
         )
@@ -276,8 +287,13 @@ def _setup_file(run: Run, stmt: Stmt) -> None:
     fs, _col = stmt.pair("fs")
     size = stmt.num("size")
     if fs in ("pagecache", "shmem"):
-        file = BackingFile(name=name, size=size, kind=fs, huge=str(stmt.args["huge"]),
-                           page_mkwrite=fs == "pagecache")
+        file = BackingFile(
+            name=name,
+            size=size,
+            kind=fs,
+            huge=str(stmt.args["huge"]),
+            page_mkwrite=fs == "pagecache",
+        )
         k.add_file(file)
         if stmt.args["filled"]:
             from foliosim.kernel.filemap import fill_file
@@ -320,8 +336,9 @@ def task_statement(run: Run, task: Task, stmt: Stmt, result: StmtResult) -> None
         shared = a["shared"] if a["shared"] is not None else file is not None
         at = run.address(stmt.addr("at")) if a["at"] is not None else None
         align = stmt.num("align") if a["align"] is not None else None
-        address = mmap.do_mmap(k, task, length(), str(a["prot"]), bool(shared), file,
-                               stmt.num("off"), at, align)
+        address = mmap.do_mmap(
+            k, task, length(), str(a["prot"]), bool(shared), file, stmt.num("off"), at, align
+        )
         run.names[str(a["bind"])] = address
         if a["populate"]:
             touch(k, task, address, length(), write=bool("w" in str(a["prot"])))
@@ -338,17 +355,25 @@ def task_statement(run: Run, task: Task, stmt: Stmt, result: StmtResult) -> None
         mprotect.do_mprotect(k, task, addr(), length(), str(a["prot"]))
     elif kind == "mremap":
         fixed = run.address(stmt.addr("fixed")) if a["fixed"] is not None else None
-        new = mremap.do_mremap(k, task, addr(), length("old"), length("new"),
-                               bool(a["maymove"]), fixed)
+        new = mremap.do_mremap(
+            k, task, addr(), length("old"), length("new"), bool(a["maymove"]), fixed
+        )
         run.names[str(a["bind"])] = new
     elif kind == "fork":
         process.do_fork(k, task, str(a["child"]))
     elif kind == "exit":
         process.do_exit(k, task)
     elif kind == "pin":
-        pins = gup.pin_user_pages(k, task, addr(), length(), pin=not a["get"],
-                                  longterm=bool(a["longterm"]), write=not a["ro"],
-                                  name=str(a["bind"]))
+        pins = gup.pin_user_pages(
+            k,
+            task,
+            addr(),
+            length(),
+            pin=not a["get"],
+            longterm=bool(a["longterm"]),
+            write=not a["ro"],
+            name=str(a["bind"]),
+        )
         run.pins[str(a["bind"])] = pins
         run.names[str(a["bind"])] = addr()
     elif kind == "proc":
@@ -397,7 +422,7 @@ def touch(k: Kernel, task: Task, start: int, length: int, write: bool) -> str | 
         vma = mm.find_vma(addr)
         if vma is None:
             return "SIGSEGV"
-        if write and not vma.flags & VM.WRITE or not vma.flags & (VM.READ | VM.WRITE):
+        if (write and not vma.flags & VM.WRITE) or not vma.flags & (VM.READ | VM.WRITE):
             return "SIGSEGV"
         m = k.lookup(mm, addr)
         if m is None and _anon_batch(k, vma, addr, end, write):
@@ -468,7 +493,7 @@ def _anon_batch(k: Kernel, vma: Any, addr: int, end: int, write: bool) -> bool:
         for i in range(done):
             folio = table.folios[first + i]
             folio.written_array()[0] = True
-    return done == nr
+    return bool(done == nr)
 
 
 def _touch_pte_run(k: Kernel, table: Any, slot: int, addr: int, end: int, write: bool) -> int:

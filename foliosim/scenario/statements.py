@@ -23,9 +23,14 @@ from foliosim.scenario.parser import (
 )
 
 CONFIG_KEYS = {
-    "arch": "x86_64|arm64", "levels": "4|5", "granule": "4K|16K|64K",
-    "thp": "always|madvise|never", "mthp": "SIZE:MODE,...", "mapcount": "page|nopage",
-    "variant": "legacy|seed|mainline", "swap": "SIZE",
+    "arch": "x86_64|arm64",
+    "levels": "4|5",
+    "granule": "4K|16K|64K",
+    "thp": "always|madvise|never",
+    "mthp": "SIZE:MODE,...",
+    "mapcount": "page|nopage",
+    "variant": "legacy|seed|mainline",
+    "swap": "SIZE",
 }
 RSS_FIELDS = ("anon", "file", "shmem", "swap")
 
@@ -142,10 +147,7 @@ def parse_task_statement(p: LineParser, task: str, col: int) -> Stmt:
         raise p.error(f"'{kind}' needs a NAME = in front", word.col)
     if kind == "mmap":
         parse_mmap(p, stmt)
-    elif kind == "munmap":
-        stmt.args["addr"] = p.addr()
-        stmt.args["len"] = p.number("a length")
-    elif kind in ("read", "write"):
+    elif kind == "munmap" or kind in ("read", "write"):
         stmt.args["addr"] = p.addr()
         stmt.args["len"] = p.number("a length")
     elif kind == "madvise":
@@ -214,8 +216,15 @@ def parse_addr_text(p: LineParser, tok: Tok, skip: int) -> Addr:
 
 def parse_mmap(p: LineParser, stmt: Stmt) -> None:
     stmt.args["len"] = p.number("a length")
-    args: dict[str, object] = {"prot": "rw", "shared": None, "fd": None, "off": 0, "at": None,
-                               "align": None, "populate": False}
+    args: dict[str, object] = {
+        "prot": "rw",
+        "shared": None,
+        "fd": None,
+        "off": 0,
+        "at": None,
+        "align": None,
+        "populate": False,
+    }
     while p.peek() is not None:
         tok = p.next("an mmap option")
         text = tok.text
@@ -266,7 +275,12 @@ def parse_expect(p: LineParser, stmt: Stmt) -> None:
         raise p.error(f"expected a comparison, found '{op.text}'", op.col)
     value = parse_value(p)
     for side, other in ((query, value), (value, query)):
-        if isinstance(side, Query) and side.page_counted() and isinstance(other, Num) and other.sized:
+        if (
+            isinstance(side, Query)
+            and side.page_counted()
+            and isinstance(other, Num)
+            and other.sized
+        ):
             pages = other.value // 4096
             raise p.error(
                 f"{side.text()} counts pages: write {pages} (4K pages) instead of a size",
@@ -347,8 +361,9 @@ def static_check(path: str, stmts: list[Stmt]) -> None:
     pins: set[str] = set()
     started = False
     # Queries may name any task the file creates (none before it exists or after it exits).
-    all_tasks = {str(s.args.get("child") or s.args.get("name")) for s in stmts
-                 if s.kind in ("task", "fork")}
+    all_tasks = {
+        str(s.args.get("child") or s.args.get("name")) for s in stmts if s.kind in ("task", "fork")
+    }
 
     def err(stmt: Stmt, msg: str, col: int | None = None) -> ScenarioError:
         return ScenarioError(path, stmt.line, col or stmt.col, msg)
@@ -386,7 +401,9 @@ def static_check(path: str, stmts: list[Stmt]) -> None:
                 raise err(stmt, f"'{name}' is already defined")
             fs, col = stmt.pair("fs")
             if fs not in ("pagecache", "shmem") and fs not in devices:
-                raise err(stmt, f"unknown filesystem '{fs}' (pagecache, shmem or an fsdax name)", col)
+                raise err(
+                    stmt, f"unknown filesystem '{fs}' (pagecache, shmem or an fsdax name)", col
+                )
             files.add(str(name))
         elif stmt.kind in ("truncate", "punch") and stmt.args["file"] not in files:
             raise err(stmt, f"unknown file '{stmt.args['file']}'")
@@ -406,7 +423,11 @@ def static_check(path: str, stmts: list[Stmt]) -> None:
 
 
 def _check_refs(
-    path: str, stmt: Stmt, value: object, bound: set[str], tasks: set[str],
+    path: str,
+    stmt: Stmt,
+    value: object,
+    bound: set[str],
+    tasks: set[str],
     devices: set[str],
 ) -> None:
     if isinstance(value, Addr) and value.name is not None and value.name not in bound:
