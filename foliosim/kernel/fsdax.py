@@ -251,7 +251,7 @@ class FsdaxFile(BackingFile):
         """A folio went idle: finish pending layout breaks that are no longer busy."""
         for op in list(self.pending):
             first, last, new_size = op
-            if not self.busy_folios(k, first, last if last is not None else None):
+            if not self.busy_folios(k, 0, None):  # the whole file's layout was broken
                 self.pending.remove(op)
                 self.delete_range(k, first, last)
                 if new_size is not None:
@@ -263,12 +263,21 @@ class FsdaxFile(BackingFile):
 def _break_layout(
     k: Kernel, file: FsdaxFile, first: int, last: int | None, new_size: int | None, even_cows: bool
 ) -> None:
-    """dax_break_layout() then the truncate: unmap, wait for idle, delete entries."""
+    """ext4_break_layouts() -> dax_break_layout_inode() (fs/ext4/inode.c, include/linux/dax.h,
+    7.1.8), then the truncate or punch of [first, last).
+
+    ext4 breaks the layout of the *whole file* (0 to LLONG_MAX) before any truncate, punch,
+    collapse or zero range: every mapping of the file is unmapped (unmap_mapping_pages with
+    even_cows 0) and the operation waits until no page of the file holds an extra reference.
+    Only then are the range's entries deleted (truncate also drops private COW copies of the
+    truncated part, even_cows 1)."""
     from foliosim.kernel.truncate import unmap_mapping_range
 
     k.enter("dax_break_layout")
-    unmap_mapping_range(k, file, first, last, even_cows=even_cows)
-    if file.busy_folios(k, first, last) and not k.variant.truncate_ignores_pins:
+    unmap_mapping_range(k, file, 0, None, even_cows=False)
+    if even_cows:
+        unmap_mapping_range(k, file, first, last, even_cows=True)
+    if file.busy_folios(k, 0, None) and not k.variant.truncate_ignores_pins:
         file.pending.append((first, last, new_size))
         if file not in k.dax_waiters:
             k.dax_waiters.append(file)

@@ -368,8 +368,9 @@ def pud_clear_bad(k: Kernel, vma: VMA, pud_no: int, site: str) -> None:
     k.reports.add(
         "ERROR",
         site,
-        f"{site}: bad pud {leaf.folio.pfn << k.page_shift:016x}"
-        f"(pfn {leaf.folio.pfn:#x}) cleared by pud_none_or_clear_bad",
+        # pud_ERROR() as 6.18/7.3 print it from mm/pgtable-generic.c (pud_clear_bad).
+        f"mm/pgtable-generic.c: bad pud {leaf.folio.pfn << k.page_shift:016x} "
+        f"(pfn {leaf.folio.pfn:#x}; {site}: pud_none_or_clear_bad on a leaf PUD)",
     )
     if k.variant.mremap_pud_drops_rss and site == "get_old_pud" and not leaf.special:
         from foliosim.kernel.memory import mm_counter_file
