@@ -145,23 +145,8 @@ def copy_pte_range(k: Kernel, dst: VMA, src: VMA, pmd_no: int) -> None:
     cow = src.is_cow_mapping
     markers = np.flatnonzero(stable.bits[first:last] & PTE_MARKER_GUARD) + first
     dtable.bits[markers] = PTE_MARKER_GUARD
-    present = [s for s in range(first, last) if stable.folios[s] is not None]
-    i = 0
-    while i < len(present):
-        slot = present[i]
-        folio: Folio = stable.folios[slot]
-        page = int(stable.index[slot])
-        j = i + 1
-        while (
-            j < len(present)
-            and present[j] == slot + (j - i)
-            and stable.folios[present[j]] is folio
-            and int(stable.index[present[j]]) == page + (j - i)
-        ):
-            j += 1
-        nr = j - i
+    for slot, nr, folio, page, _special in stable.runs(first, last):
         _copy_run(k, dst, src, stable, dtable, slot, folio, page, nr, cow)
-        i = j
 
 
 def _copy_run(

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from foliosim.kernel import huge_memory, rmap
-from foliosim.kernel.pgtable import PTE_DIRTY, PTE_MARKER_GUARD, PTE_SPECIAL, PTE_YOUNG, PteTable
+from foliosim.kernel.pgtable import PTE_DIRTY, PTE_MARKER_GUARD, PTE_YOUNG, PteTable
 from foliosim.kernel.physmem import Folio
 
 if TYPE_CHECKING:
@@ -97,32 +97,14 @@ def zap_pte_range(
     """
     from foliosim.kernel.memory import mm_counter
 
-    folios = table.folios
     bits = table.bits
-    present = np.flatnonzero(folios[first:last] != None) + first  # noqa: E711 (object array)
     if drop_markers:
         markers = np.flatnonzero(bits[first:last] & PTE_MARKER_GUARD) + first
         bits[markers] = 0
-    i = 0
-    n = len(present)
-    while i < n:
-        slot = int(present[i])
-        folio: Folio = folios[slot]
-        j = i + 1
-        page = int(table.index[slot])
-        while (
-            j < n
-            and int(present[j]) == slot + (j - i)
-            and folios[int(present[j])] is folio
-            and int(table.index[int(present[j])]) == page + (j - i)
-        ):
-            j += 1
-        nr = j - i
+    for slot, nr, folio, page, special in table.runs(first, last):
         if keep_anon and folio.anon:
-            i = j
             continue
         run_bits = bits[slot : slot + nr]
-        special = bool(run_bits[0] & PTE_SPECIAL)
         if not special:
             if not folio.anon:
                 if (run_bits & PTE_DIRTY).any():
@@ -136,4 +118,3 @@ def zap_pte_range(
                 rmap.folio_remove_rmap_ptes(k, folio, page, nr, vma)
             puts.append((folio, nr))
         table.clear_range(slot, slot + nr)
-        i = j

@@ -11,24 +11,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from foliosim.kernel.madvise import ADVICES as MADVISE_ADVICES
+
 SUFFIXES = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 NUMBER_RE = re.compile(r"^(0[xX][0-9a-fA-F]+|[0-9]+)([KMGT]?)$")
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 OPERATORS = ("==", "!=", "<=", ">=", "<", ">")
 PROTS = ("r", "rw", "rx", "rwx", "none")
-ADVICES = (
-    "DONTNEED",
-    "HUGEPAGE",
-    "NOHUGEPAGE",
-    "COLLAPSE",
-    "PAGEOUT",
-    "FREE",
-    "GUARD_INSTALL",
-    "GUARD_REMOVE",
-    "COLD",
-    "WILLNEED",
-    "NORMAL",
-)
+ADVICES = MADVISE_ADVICES
 PROC_FILES = ("status", "maps", "smaps", "smaps_rollup", "pagemap", "numa_maps")
 FOLIO_FIELDS = (
     "refcount",
