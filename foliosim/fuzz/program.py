@@ -162,8 +162,12 @@ class Generator:
 
     def length(self, reg: Region, off: int) -> int:
         r = self.rng
+        # Small touches are cheap and most programs need many of them; whole-PMD, straddling
+        # and whole-region lengths still come up often enough to cross every boundary.
         cands = [4 * K, 64 * K, 2 * M, 2 * M + 4 * K, reg.length - off, 1 * G]
-        n = r.choice([c for c in cands if c > 0])
+        weights = [6, 4, 2, 1, 2, 1]
+        pairs = [(c, w) for c, w in zip(cands, weights, strict=True) if c > 0]
+        n = r.choices([c for c, _ in pairs], weights=[w for _, w in pairs])[0]
         if reg.unit > 4 * K and r.random() < 0.7:
             n = max(reg.unit, n - n % reg.unit)
         return n
