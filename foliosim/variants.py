@@ -81,6 +81,8 @@ class Variant:
     # A fix for the 6.18/7.x mremap defect: move_page_tables() looks for a huge PUD before
     # pud_none_or_clear_bad(), as zap_pud_range() does, and moves it with move_huge_pud().
     mremap_checks_huge_pud_first: bool = False
+    # 6.18 asserts mmap_lock in zap_pud_range before splitting a PUD (gone by 7.1).
+    zap_pud_asserts_mmap_lock: bool = False
 
     def mutate(self, name: str, description: str, **switches: bool) -> Variant:
         return replace(self, name=name, description=description, **switches)
@@ -119,7 +121,15 @@ MAINLINE_FIXED = MAINLINE.mutate(
     "pud_none_or_clear_bad, then move_huge_pud)",
     mremap_checks_huge_pud_first=True,
 )
-STUDY_VARIANTS: dict[str, Variant] = {v.name: v for v in (REFCOUNT_ONLY, MAINLINE_FIXED)}
+V6_18 = MAINLINE.mutate(
+    "v6.18",
+    "6.18 (the host's and the guests' kernel): mainline, plus the mmap_lock assertion in "
+    "zap_pud_range that warns when a per-VMA-locked MADV_DONTNEED splits a PUD",
+    zap_pud_asserts_mmap_lock=True,
+)
+STUDY_VARIANTS: dict[str, Variant] = {
+    v.name: v for v in (REFCOUNT_ONLY, MAINLINE_FIXED, V6_18)
+}
 
 
 def get_variant(name: str) -> Variant:

@@ -45,7 +45,7 @@ def load(name: str) -> tuple[str, list[object]]:
 def test_variant_for_kernel_versions() -> None:
     assert variant_for("6.1.176") == "legacy"
     assert variant_for("6.12.40") == "legacy"
-    assert variant_for("6.18.15") == "mainline"
+    assert variant_for("6.18.15") == "v6.18"
     assert variant_for("7.3.4") == "mainline"
 
 

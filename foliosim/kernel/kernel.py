@@ -69,6 +69,8 @@ class Kernel:
         # Folios whose counters changed in the current statement (for incremental checks).
         self.touched: set[Folio] = set()
         self.global_errno: str | None = None
+        # Whether the current syscall holds mmap_lock (false for per-VMA-locked paths).
+        self.mmap_locked = True
         self.ownership = Ownership(self)
         self._device_pfn = _round_up(self.physmem.ram_pages, 1 << geo.pud_order)
         self.dax_waiters: list[object] = []

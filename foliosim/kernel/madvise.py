@@ -56,6 +56,9 @@ def do_madvise(k: Kernel, task: Task, start: int, length: int, advice: str) -> N
         raise SyscallError("ENOMEM", "no VMA in range")
     if advice == "COLLAPSE":
         return madvise_collapse(k, task, start, end)
+    # madvise_lock(): since 6.17 a DONTNEED range inside one VMA runs under that VMA's lock
+    # only (lock_vma_under_rcu), without mmap_lock.
+    k.mmap_locked = not (advice == "DONTNEED" and vmas[0].start <= start and end <= vmas[0].end)
     for vma in vmas:
         if vma.start > cursor:
             unmapped = True

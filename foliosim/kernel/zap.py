@@ -51,6 +51,11 @@ def unmap_page_range(
         if start <= lo and lo + geo.pud_size <= end:
             huge_memory.zap_huge_pud(k, vma, pud_no)
         else:
+            if k.variant.zap_pud_asserts_mmap_lock and not k.mmap_locked:
+                # 6.18's zap_pud_range: mmap_assert_locked() before split_huge_pud(), which a
+                # per-VMA-locked MADV_DONTNEED does not hold (rwsem_assert_held_nolockdep).
+                k.reports.warn("include/linux/rwsem.h:80",
+                               "unmap_page_range: mmap_assert_locked in zap_pud_range")
             huge_memory.__split_huge_pud(k, vma, max(start, lo))
     # PMD level (zap_pmd_range).
     for pmd_no in _keys_in(pgt.pmd_leaves, start >> geo.pmd_shift, (end - 1) >> geo.pmd_shift):

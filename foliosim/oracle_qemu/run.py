@@ -19,6 +19,8 @@ def variant_for(version: str) -> str:
     """The series "fs/dax: Fix FS DAX page reference counts" merged for 6.15."""
     m = re.match(r"(\d+)\.(\d+)", version)
     major_minor = (int(m[1]), int(m[2])) if m else (0, 0)
+    if major_minor == (6, 18):
+        return "v6.18"  # mainline plus 6.18's mmap_lock assertion in zap_pud_range
     return "mainline" if major_minor >= (6, 15) else "legacy"
 
 
