@@ -342,6 +342,10 @@ def parse_query(p: LineParser) -> Query:
         return Query("warnings", col=col, line=p.line)
     parts = text.split(".")
     if parts[0] == "vmstat" and len(parts) == 2 and parts[1]:
+        from foliosim.kernel.reports import EVENTS, NODE_STATS
+
+        if parts[1] not in NODE_STATS and parts[1] not in EVENTS:
+            raise p.error(f"unknown vmstat counter '{parts[1]}'", col + len("vmstat."))
         return Query("vmstat", field=parts[1], col=col, line=p.line)
     if len(parts) == 3 and parts[1] == "rss" and parts[2] in RSS_FIELDS:
         return Query("rss", task=parts[0], field=parts[2], col=col, line=p.line)
