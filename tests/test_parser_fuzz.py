@@ -16,9 +16,6 @@ from foliosim.scenario.runner import execute
 from foliosim.scenario.statements import parse_text
 
 SEEDS = [
-    (Path(__file__).parent.parent / "foliosim" / "scenarios" / "example.fsim").read_text()
-    if (Path(__file__).parent.parent / "foliosim" / "scenarios" / "example.fsim").exists()
-    else "",
     """config thp=always
 task A
 A: m = mmap 4M
@@ -137,7 +134,7 @@ def test_token_soup(lines: list[list[str]]) -> None:
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.sampled_from(SEEDS[1:]), st.data())
+@given(st.sampled_from(SEEDS), st.data())
 def test_mutated_scenarios(seed: str, data: st.DataObject) -> None:
     chars = list(seed)
     for _ in range(data.draw(st.integers(1, 6))):
