@@ -1,31 +1,97 @@
-"""`foliosim bench`: model workloads timed in one run, with peak memory and ratios.
+"""`foliosim bench`: model workloads timed in one run, against the plain per-page model and the
+host kernel doing the same system calls, with ratios and peak memory.
 
-Each workload is a scenario run on the model. Times are wall-clock from one run on a noisy
-machine: compare the ratios printed beside each other, not absolute numbers across machines.
+Times are wall clock from one run on whatever machine this is: compare the ratios printed
+beside each other, not absolute numbers across machines. Peak memory comes from a second run
+of each model workload under tracemalloc (which slows allocation several times, so it is
+never in the timed run). The per-page model is benchmarks/perpage.py of a source checkout
+(not part of the package): its column is empty when that file is not there.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 import time
 import tracemalloc
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
 
-from foliosim.scenario.runner import execute
+from foliosim.bench_host import host_description, host_times
+from foliosim.scenario.runner import Run, StmtResult, build_kernel, execute, run_statement
 from foliosim.scenario.statements import parse_text
+
+PAGE = 4096
 
 
 @dataclass
 class Result:
     name: str
-    seconds: float
-    peak_bytes: int
-    detail: str = ""
+    detail: str
+    model_s: float | None = None
+    perpage_s: float | None = None
+    kernel_s: float | None = None
+    peak_bytes: int | None = None
+    note: str = ""
+    extra: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def vs_kernel(self) -> float | None:
+        """Model time / kernel time (the target is <= 1)."""
+        if self.model_s is None or not self.kernel_s:
+            return None
+        return self.model_s / self.kernel_s
+
+    @property
+    def vs_perpage(self) -> float | None:
+        """Per-page model time / model time: how many times faster the model is."""
+        if self.perpage_s is None or not self.model_s:
+            return None
+        return self.perpage_s / self.model_s
+
+    def as_dict(self) -> dict[str, Any]:
+        out = dict(self.__dict__)
+        out["vs_kernel"] = self.vs_kernel
+        out["vs_perpage"] = self.vs_perpage
+        return out
 
 
-def _scenario(text: str) -> Callable[[], object]:
+# ---- running the model statement by statement ------------------------------------------------
+def timed_statements(text: str) -> dict[int, float]:
+    """Run a scenario; seconds per statement, by 1-based line."""
     stmts = parse_text("<bench>", text)
-    return lambda: execute("<bench>", stmts)
+    kernel = build_kernel("<bench>", stmts, None)
+    run = Run("<bench>", kernel)
+    kernel.pinsets = run.pins  # type: ignore[attr-defined]
+    out: dict[int, float] = {}
+    for stmt in stmts:
+        if stmt.kind in ("config", "memory"):
+            continue
+        start = time.perf_counter()
+        run_statement(run, stmt, StmtResult(stmt.line, stmt.source))
+        out[stmt.line] = time.perf_counter() - start
+    return out
+
+
+def peak_of(job: Callable[[], object]) -> int:
+    tracemalloc.start()
+    try:
+        job()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return peak
+
+
+def anon_program(mib: int, thp: bool) -> str:
+    """Lines 3-6: fault, fork, the child exits, munmap."""
+    return (
+        f"config thp={'always' if thp else 'never'}\ntask A\nA: m = mmap {mib}M\n"
+        f"A: write m {mib}M\nA: fork B\nB: exit\nA: munmap m {mib}M\n"
+    )
 
 
 def devdax_pud_walk(size_gib: int) -> str:
@@ -38,62 +104,249 @@ def devdax_pud_walk(size_gib: int) -> str:
     )
 
 
-def anon_4k(mib: int) -> str:
-    return (
-        f"config thp=never\ntask A\nA: m = mmap {mib}M\nA: write m {mib}M\nA: fork B\n"
-        f"A: munmap m {mib}M\nB: exit\n"
-    )
-
-
-def anon_thp(mib: int) -> str:
-    return (
-        f"config thp=always\ntask A\nA: m = mmap {mib}M\nA: write m {mib}M\nA: fork B\n"
-        f"A: munmap m {mib}M\nB: exit\n"
-    )
-
-
-def split_pmds(n: int) -> str:
+def split_program(n: int) -> str:
+    """n PMD THPs, then munmap the first half of each: n PMD splits (line 5 on)."""
     lines = [f"config thp=always\ntask A\nA: m = mmap {2 * n}M\nA: write m {2 * n}M"]
-    lines += [f"A: mprotect m+{2 * i}M 1M r" for i in range(n)]
+    lines += [f"A: munmap m+{2 * i}M 1M" for i in range(n)]
     return "\n".join(lines) + "\n"
 
 
-def workloads(quick: bool) -> list[tuple[str, str, str]]:
-    sizes = (1, 64) if quick else (1, 64, 1024)
-    out = [
-        (f"devdax {s} GiB PUD fault+fork+munmap", devdax_pud_walk(s), f"{s} PUDs") for s in sizes
-    ]
-    mib = 64 if quick else 1024
-    out += [
-        (f"anon {mib} MiB 4K fault+fork+munmap", anon_4k(mib), f"{mib * 256} PTEs"),
-        (f"anon {mib} MiB PMD THP fault+fork+munmap", anon_thp(mib), f"{mib // 2} PMDs"),
-        (
-            "split 64 PMDs (mprotect half)" if quick else "split 512 PMDs (mprotect half)",
-            split_pmds(64 if quick else 512),
-            "PMD splits",
-        ),
-    ]
+def long_scenario(statements: int) -> str:
+    """A scenario of ``statements`` task statements and expectations (groups of four)."""
+    lines = ["task A"]
+    for i in range(statements // 4):
+        lines += [
+            f"A: m{i} = mmap 64K",
+            f"A: write m{i} 64K",
+            "expect A.rss.anon == 16",
+            f"A: munmap m{i} 64K",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+# ---- the per-page reference model ----------------------------------------------------------------
+def load_perpage() -> ModuleType | None:
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "perpage.py"
+    if not path.exists():
+        return None
+    spec = importlib.util.spec_from_file_location("foliosim_bench_perpage", path)
+    if spec is None or spec.loader is None:
+        return None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def perpage_anon(pp: ModuleType, mib: int, thp: bool) -> dict[str, float]:
+    model = pp.PerPageModel(thp=thp)
+    model.task("A")
+    addr, size = 1 << 40, mib << 20
+    model.mmap("A", addr, size)
+    out = {}
+    start = time.perf_counter()
+    model.touch("A", addr, size, write=True)
+    out["fault"] = time.perf_counter() - start
+    start = time.perf_counter()
+    model.fork("A", "B")
+    out["fork"] = time.perf_counter() - start
+    model.exit("B")
+    start = time.perf_counter()
+    model.munmap("A", addr, size)
+    out["munmap"] = time.perf_counter() - start
     return out
 
 
-def measure(name: str, text: str, detail: str) -> Result:
-    """Time one run, then run again under tracemalloc for the peak (tracemalloc slows
-    allocation-heavy work several times, so it must not be in the timed run)."""
-    job = _scenario(text)
+def perpage_split(pp: ModuleType, n: int) -> float:
+    model = pp.PerPageModel(thp=True)
+    model.task("A")
+    addr = 1 << 40
+    model.mmap("A", addr, 2 * n << 20)
+    model.touch("A", addr, 2 * n << 20, write=True)
     start = time.perf_counter()
-    job()
+    for i in range(n):
+        model.munmap("A", addr + (2 * i << 20), 1 << 20)
+    return time.perf_counter() - start
+
+
+# ---- workloads -----------------------------------------------------------------------------
+def bench_anon(
+    results: list[Result], mib: int, thp: bool, pp: ModuleType | None, host: dict[str, Any] | None
+) -> None:
+    kind = "PMD THP" if thp else "4K"
+    text = anon_program(mib, thp)
+    times = timed_statements(text)
+    peak = peak_of(lambda: execute("<bench>", parse_text("<bench>", text)))
+    ref = perpage_anon(pp, mib, thp) if pp is not None else {}
+    hk = host["thp" if thp else "4k"] if host else {}
+    units = f"{mib * 256} PTEs" if not thp else f"{mib // 2} PMDs"
+    for op, line in (("fault", 4), ("fork", 5), ("munmap", 7)):
+        results.append(
+            Result(
+                f"anon {kind} {op} {_size(mib)}",
+                units,
+                model_s=times[line],
+                perpage_s=ref.get(op),
+                kernel_s=hk.get(op),
+                peak_bytes=peak,
+            )
+        )
+
+
+def bench_devdax(results: list[Result], size_gib: int) -> None:
+    text = devdax_pud_walk(size_gib)
+    stmts = parse_text("<bench>", text)
+    start = time.perf_counter()
+    run = execute("<bench>", stmts)
     seconds = time.perf_counter() - start
+    assert not run.failed
+    peak = peak_of(lambda: execute("<bench>", stmts))
+    results.append(
+        Result(
+            f"devdax PUD fault+fork+munmap {_size(size_gib << 10)}",
+            f"{size_gib} PUDs",
+            model_s=seconds,
+            peak_bytes=peak,
+            note="no device-dax on the host; the per-page model has no DAX",
+        )
+    )
+
+
+def bench_split(
+    results: list[Result], n: int, pp: ModuleType | None, host: dict[str, Any] | None
+) -> None:
+    text = split_program(n)
+    times = timed_statements(text)
+    peak = peak_of(lambda: execute("<bench>", parse_text("<bench>", text)))
+    results.append(
+        Result(
+            f"split {n} PMDs (munmap half of each THP)",
+            f"{n} PMD splits",
+            model_s=sum(t for line, t in times.items() if line >= 5),
+            perpage_s=perpage_split(pp, n) if pp is not None else None,
+            kernel_s=host["split"] if host else None,
+            peak_bytes=peak,
+        )
+    )
+
+
+def fuzz_rate(seeds: int, steps: int, ownership: bool) -> tuple[float, int]:
+    from foliosim.fuzz.engine import program_for, run_program
+
+    programs = [program_for(seed, steps, None) for seed in range(seeds)]
+    done = 0
+    start = time.perf_counter()
+    for lines in programs:
+        done += run_program(lines, None, ownership=ownership).steps
+    return done / (time.perf_counter() - start), done
+
+
+def bench_fuzz(results: list[Result], seeds: int, steps: int) -> None:
+    from foliosim.fuzz.engine import program_for, run_program
+
+    rate_on, done = fuzz_rate(seeds, steps, True)
+    rate_off, _ = fuzz_rate(seeds, steps, False)
+    lines = program_for(0, steps, None)
+    peak = peak_of(lambda: run_program(lines, None))
+    results.append(
+        Result(
+            "fuzz steps/s, all invariants, ownership on",
+            f"{done} steps",
+            model_s=done / rate_on,
+            peak_bytes=peak,
+            note=f"{rate_on:.0f} steps/s; ownership off {rate_off:.0f} steps/s "
+            f"(on/off = {rate_on / rate_off:.2f})",
+            extra={"steps_per_s": rate_on, "steps_per_s_ownership_off": rate_off},
+        )
+    )
+
+
+def bench_scenario(results: list[Result], statements: int) -> None:
+    text = long_scenario(statements)
+    start = time.perf_counter()
+    stmts = parse_text("<bench>", text)
+    parsed = time.perf_counter()
+    run = execute("<bench>", stmts)
+    done = time.perf_counter()
+    assert not run.failed
+    peak = peak_of(lambda: execute("<bench>", parse_text("<bench>", text)))
+    results.append(
+        Result(
+            f"scenario parse+run, {len(stmts)} statements",
+            f"{len(stmts)} stmts",
+            model_s=done - start,
+            peak_bytes=peak,
+            note=f"parse {parsed - start:.3f} s, run {done - parsed:.3f} s",
+            extra={"parse_s": parsed - start, "run_s": done - parsed},
+        )
+    )
+
+
+def bytes_per_page(mib: int = 64) -> float:
+    """Model state per PTE-mapped 4K anon page: traced memory held after faulting ``mib``
+    MiB (thp=never) minus before, over the number of pages."""
+    stmts = parse_text("<bench>", f"config thp=never\ntask A\nA: m = mmap {mib}M\n")
+    write = parse_text("<bench>", f"task A\nA: m = mmap {mib}M\nA: write m {mib}M\n")[-1]
     tracemalloc.start()
-    job()
-    _, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    return Result(name, seconds, peak, detail)
+    try:
+        run = execute("<bench>", stmts)
+        before, _ = tracemalloc.get_traced_memory()
+        run_statement(run, write, StmtResult(write.line, write.source))
+        after, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return (after - before) / (mib * 256)
+
+
+def bench_memory(results: list[Result], mib: int) -> None:
+    per_page = bytes_per_page(mib)
+    gib64 = per_page * (64 << 18)
+    results.append(
+        Result(
+            f"memory: PTE-mapped 4K anon, {_size(mib)}",
+            f"{mib * 256} pages",
+            note=f"{per_page:.0f} bytes/page (target 16); 64 GiB would need "
+            f"{gib64 / 2**30:.1f} GiB (target < 2)",
+            extra={"bytes_per_page": per_page},
+        )
+    )
+
+
+def _size(mib: int) -> str:
+    return f"{mib >> 10} GiB" if mib >= 1024 and not mib % 1024 else f"{mib} MiB"
 
 
 def run_bench(quick: bool, progress: Callable[[str], None] | None = None) -> list[Result]:
-    results = []
-    for name, text, detail in workloads(quick):
-        if progress:
+    def step(name: str) -> None:
+        if progress is not None:
             progress(name)
-        results.append(measure(name, text, detail))
+
+    mib = 64 if quick else 1024
+    nsplit = 64 if quick else 512
+    pp = load_perpage()
+    results: list[Result] = []
+    step("host kernel")
+    host, why = host_times(mib, nsplit)
+    for thp in (False, True):
+        step(f"anon {'THP' if thp else '4K'}")
+        bench_anon(results, mib, thp, pp, host)
+    step("split")
+    bench_split(results, nsplit, pp, host)
+    for size in (1, 64) if quick else (1, 64, 1024):
+        step(f"devdax {size} GiB")
+        bench_devdax(results, size)
+    step("fuzz")
+    bench_fuzz(results, 8 if quick else 40, 100)
+    step("scenario")
+    bench_scenario(results, 1000 if quick else 10000)
+    step("memory")
+    bench_memory(results, 64)
+    if host is None:
+        for r in results:
+            if r.kernel_s is None and not r.note:
+                r.note = f"kernel: {why}"
     return results
+
+
+def machine() -> str:
+    return host_description()

@@ -96,8 +96,12 @@ def run(
     file: Annotated[Path, typer.Argument(help="A scenario file (.fsim).")],
     variant: VariantOpt = None,
     json_out: JsonOpt = False,
-    trace: Annotated[bool, typer.Option("--trace", help="Kernel functions and counter changes per statement.")] = False,
-    check: Annotated[bool, typer.Option("--check", help="Run every invariant after each statement.")] = False,
+    trace: Annotated[
+        bool, typer.Option("--trace", help="Kernel functions and counter changes per statement.")
+    ] = False,
+    check: Annotated[
+        bool, typer.Option("--check", help="Run every invariant after each statement.")
+    ] = False,
 ) -> None:
     """Run a scenario: exit 0 if every expect held, 1 if one failed, 2 for bad input."""
     try:
@@ -106,8 +110,10 @@ def run(
         fail_input(exc)
         return
     except Exception as exc:  # a crash of the model itself, not a user mistake
-        sys.stderr.write(f"{file}: foliosim internal error (a model bug, please report it): "
-                         f"{type(exc).__name__}: {exc}\n")
+        sys.stderr.write(
+            f"{file}: foliosim internal error (a model bug, please report it): "
+            f"{type(exc).__name__}: {exc}\n"
+        )
         raise typer.Exit(3) from None
     if json_out:
         print(json.dumps(run_json(result), indent=2, default=str))
@@ -135,8 +141,13 @@ def check(
         for path in paths:
             try:
                 result = run_file(path, variant, True, False)
-                rows.append({"file": str(path), "passed": not result.failed,
-                             "violations": len(result.violations)})
+                rows.append(
+                    {
+                        "file": str(path),
+                        "passed": not result.failed,
+                        "violations": len(result.violations),
+                    }
+                )
             except ScenarioError as exc:
                 bad_input = True
                 rows.append({"file": str(path), "passed": False, "error": str(exc)})
@@ -149,8 +160,11 @@ def check(
         table.add_column("result")
         table.add_column("invariant violations", justify="right")
         for row in rows:
-            verdict = "[green]pass[/green]" if row["passed"] else (
-                "[red]input error[/red]" if "error" in row else "[red]fail[/red]")
+            verdict = (
+                "[green]pass[/green]"
+                if row["passed"]
+                else ("[red]input error[/red]" if "error" in row else "[red]fail[/red]")
+            )
             table.add_row(row["file"], verdict, str(row.get("violations", "-")))
         console.print(table)
         passed = sum(1 for r in rows if r["passed"])
@@ -165,8 +179,10 @@ def diff(
     file: Annotated[Path, typer.Argument(help="A scenario file.")],
     variants: Annotated[
         str | None,
-        typer.Option(help="Comma-separated variants (default: legacy,seed,mainline), e.g. "
-                     "mainline,mainline-fixed or mainline,MUTANT."),
+        typer.Option(
+            help="Comma-separated variants (default: legacy,seed,mainline), e.g. "
+            "mainline,mainline-fixed or mainline,MUTANT."
+        ),
     ] = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -196,7 +212,9 @@ def diff(
 def tour(
     variant: VariantOpt = None,
     json_out: JsonOpt = False,
-    walk: Annotated[str, typer.Option("--walk", help="dax-pud (the seed's walk) or anon-thp.")] = "dax-pud",
+    walk: Annotated[
+        str, typer.Option("--walk", help="dax-pud (the seed's walk) or anon-thp.")
+    ] = "dax-pud",
 ) -> None:
     """A guided walk through a built-in scenario, with the counters after each step."""
     from foliosim.tour import run_tour
@@ -207,28 +225,21 @@ def tour(
 
 @app.command()
 def bench(
-    quick: Annotated[bool, typer.Option("--quick", help="Smaller sizes (seconds, not minutes).")] = False,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="Smaller sizes (seconds, not minutes).")
+    ] = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Time model workloads in one run; peak memory and ratios against the first row."""
+    """Time model workloads in one run against the per-page model and the host kernel."""
     from rich.progress import Progress
 
     from foliosim.bench import run_bench
+    from foliosim.bench_report import render
 
     with Progress(console=err_console, transient=True, disable=json_out) as progress:
         task = progress.add_task("bench", total=None)
         results = run_bench(quick, lambda name: progress.update(task, description=name))
-    if json_out:
-        print(json.dumps([r.__dict__ for r in results], indent=2))
-        return
-    table = Table(title="foliosim bench (one run; compare ratios, not absolute times)")
-    table.add_column("workload")
-    table.add_column("size")
-    table.add_column("seconds", justify="right")
-    table.add_column("peak MiB", justify="right")
-    for r in results:
-        table.add_row(r.name, r.detail, f"{r.seconds:.4f}", f"{r.peak_bytes / 2**20:.1f}")
-    console.print(table)
+    render(results, json_out, console)
 
 
 from foliosim.study_report import study_app  # noqa: E402
@@ -247,6 +258,11 @@ from foliosim.cli_fuzz import fuzz_command, mutants_app  # noqa: E402
 
 app.command("fuzz")(fuzz_command)
 app.add_typer(mutants_app, name="mutants")
+
+
+from foliosim.cli_views import register as register_views  # noqa: E402
+
+register_views(app)
 
 
 def main() -> None:

@@ -127,9 +127,7 @@ V6_18 = MAINLINE.mutate(
     "zap_pud_range that warns when a per-VMA-locked MADV_DONTNEED splits a PUD",
     zap_pud_asserts_mmap_lock=True,
 )
-STUDY_VARIANTS: dict[str, Variant] = {
-    v.name: v for v in (REFCOUNT_ONLY, MAINLINE_FIXED, V6_18)
-}
+STUDY_VARIANTS: dict[str, Variant] = {v.name: v for v in (REFCOUNT_ONLY, MAINLINE_FIXED, V6_18)}
 
 
 def get_variant(name: str) -> Variant:

@@ -191,9 +191,11 @@ def vmf_insert_folio_pud(k: Kernel, vma: VMA, addr: int, folio: Folio, write: bo
             k.folio_put(folio)
             return "SIGBUS"
         vma.mm.rss[mm_counter_file(folio)] += k.config.pud_nr
-    for n in range(addr >> geo.pmd_shift, (addr + geo.pud_size) >> geo.pmd_shift):
-        pgt.pmd_leaves.pop(n, None)
-        pgt.pte_tables.pop(n, None)
+    lo, hi = addr >> geo.pmd_shift, (addr + geo.pud_size) >> geo.pmd_shift
+    for lower in (pgt.pmd_leaves, pgt.pte_tables):
+        # Only empty lower tables can be here (the PUD was none): drop what the range has.
+        for n in [n for n in lower if lo <= n < hi] if len(lower) < hi - lo else range(lo, hi):
+            lower.pop(n, None)
     pgt.pud_leaves[pud_no] = Leaf(
         folio, write=_leaf_writable(vma, write), dirty=write, young=write, special=special
     )

@@ -220,7 +220,9 @@ def filemap_map_pages(k: Kernel, vma: VMA, addr: int) -> None:
         k.folio_get(folio)
         rmap.folio_add_file_rmap_ptes(k, folio, page, 1, vma)
         mm.rss[mm_counter_file(folio)] += 1
-        bits = (PTE_WRITE if writable else 0) | (PTE_YOUNG if page_addr == addr else 0)
+        # set_pte_range(): prefaulted entries are young unless arch_wants_old_prefaulted_pte()
+        # (false on x86-64, mm/memory.c 7.1.8).
+        bits = (PTE_WRITE if writable else 0) | PTE_YOUNG
         table.set(slot, folio, page, bits)
 
 

@@ -21,6 +21,7 @@ from foliosim.kernel.pgtable import (
     PTE_SPECIAL,
     PTE_WRITE,
     Leaf,
+    PteTable,
 )
 from foliosim.kernel.physmem import Folio
 
@@ -145,8 +146,58 @@ def copy_pte_range(k: Kernel, dst: VMA, src: VMA, pmd_no: int) -> None:
     cow = src.is_cow_mapping
     markers = np.flatnonzero(stable.bits[first:last] & PTE_MARKER_GUARD) + first
     dtable.bits[markers] = PTE_MARKER_GUARD
-    for slot, nr, folio, page, _special in stable.runs(first, last):
+    pinned = src.mm.has_pinned
+    small_slots: list[int] = []
+    small: list[Folio] = []
+    for slot, nr, folio, page, special in stable.runs(first, last):
+        if (
+            not special
+            and folio.order == 0
+            and folio.anon
+            and folio.pgmap is None
+            and not (pinned and folio.maybe_dma_pinned())
+        ):
+            small_slots.append(slot)
+            small.append(folio)
+            continue
         _copy_run(k, dst, src, stable, dtable, slot, folio, page, nr, cow)
+    if small:
+        _copy_small_anon(k, dst, stable, dtable, small_slots, small, cow)
+
+
+def _copy_small_anon(
+    k: Kernel,
+    dst: VMA,
+    stable: PteTable,
+    dtable: PteTable,
+    slots: list[int],
+    folios: list[Folio],
+    cow: bool,
+) -> None:
+    """copy_present_ptes() for order-0 anonymous folios that cannot be DMA-pinned, one
+    table at a time: what _copy_run does to each (folio_try_dup_anon_rmap_pte clears
+    AnonExclusive and adds a mapcount, folio_get, child RSS + 1, both entries wrprotected
+    when COW, the child's old) with the entries moved as arrays."""
+    keep_exclusive = k.variant.cow_keeps_exclusive
+    get = not k.variant.fork_pte_skips_ref
+    for folio in folios:
+        exclusive = folio.anon_exclusive
+        if exclusive is not None and not keep_exclusive:
+            exclusive[0] = False
+        folio.mapcount_small += 1
+        if get:
+            folio.refcount += 1
+    if get:
+        k.touched.update(folios)
+    dst.mm.rss[MM_ANONPAGES] += len(folios)
+    idx = np.array(slots, dtype=np.intp)
+    if cow:
+        stable.bits[idx] &= CLEAR_WRITE
+    dtable.version += 1
+    dtable.present += len(folios) - int(np.count_nonzero(dtable.folios[idx]))
+    dtable.folios[idx] = stable.folios[idx]
+    dtable.index[idx] = stable.index[idx]
+    dtable.bits[idx] = stable.bits[idx] & CLEAR_YOUNG
 
 
 def _copy_run(

@@ -132,6 +132,24 @@ class Kernel:
             else:
                 self._free_folio(folio)
 
+    def folios_put_refs(self, folios: list[Folio], refs: list[int]) -> None:
+        """folios_put_refs() (mm/swap.c, 7.1.8): drop refs[i] references of folios[i], in
+        order, as the mmu_gather frees its batch; the same as folio_put() on each, with the
+        common case (a RAM folio that does not reach zero, or an unmapped order-0 one that
+        does) inline."""
+        touched = self.touched
+        touched.update(folios)
+        for folio, n in zip(folios, refs, strict=True):
+            count = folio.refcount
+            if folio.zero or folio.pgmap is not None or count <= n:
+                if count == n and not folio.zero and folio.pgmap is None:
+                    folio.refcount = 0
+                    self._free_folio(folio)
+                else:
+                    self.folio_put(folio, n)
+            else:
+                folio.refcount = count - n
+
     def _free_folio(self, folio: Folio) -> None:
         """__folio_put(): checks of free_pages_prepare (bad page state) then free."""
         if folio.folio_mapped():

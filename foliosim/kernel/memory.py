@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from foliosim.kernel import huge_memory, rmap
 from foliosim.kernel.filemap import filemap_fault, filemap_map_pages
 from foliosim.kernel.mm import MM_ANONPAGES, VM
@@ -150,14 +152,16 @@ def do_anonymous_page(k: Kernel, vma: VMA, addr: int, write: bool) -> str | None
     return None
 
 
-def do_anonymous_pages(k: Kernel, vma: VMA, addr: int, nr: int, write: bool) -> int:
+def do_anonymous_pages(
+    k: Kernel, vma: VMA, addr: int, nr: int, write: bool, written: bool = False
+) -> int:
     """``nr`` consecutive do_anonymous_page() calls on empty PTEs of one page table, done as
     one batch: the same entries, folios and counters, without a Python round trip per page.
 
     Only for the case where every one of those faults takes the order-0 path: no mTHP order
     is allowed below the PMD for this VMA (alloc_anon_folio would try them) and the caller
-    has already let the PMD level decline. Returns how many pages were mapped (fewer than nr
-    when memory runs out).
+    has already let the PMD level decline. ``written``: the program stores into each new page
+    (page().written). Returns how many pages were mapped (fewer than nr when memory runs out).
     """
     k.enter("do_anonymous_page")
     mm = vma.mm
@@ -166,28 +170,37 @@ def do_anonymous_pages(k: Kernel, vma: VMA, addr: int, nr: int, write: bool) -> 
     first = (addr >> k.page_shift) & (k.geometry.ptrs_per_pte - 1)
     k.vmstat.count_event("pgfault", nr)
     if not write:
-        for i in range(nr):
-            table.set(first + i, k.physmem.zero_folio, 0, PTE_SPECIAL | PTE_YOUNG)
+        table.set_run(first, k.physmem.zero_folio, 0, nr, PTE_SPECIAL | PTE_YOUNG)
+        table.index[first : first + nr] = 0
         return nr
     anon_vma_prepare(vma)
     bits = PTE_YOUNG | PTE_DIRTY | (PTE_WRITE if vma.flags & VM.WRITE else 0)
     index = vma.linear_page_index(addr, k.page_shift)
-    done = 0
-    for i in range(nr):
-        folio = k.alloc_folio(0)
-        if folio is None:
-            break
-        folio.refcount = 1
+    folios = k.physmem.alloc_pages_bulk(nr)
+    done = len(folios)
+    anon_vma = vma.anon_vma
+    for i, folio in enumerate(folios):
         folio.mapcount_small = 1
         folio.anon = folio.swapbacked = folio.lru = True
-        folio.mapping = vma.anon_vma
+        folio.mapping = anon_vma
         folio.index = index + i
-        folio.exclusive_array()[0] = True
-        table.set(first + i, folio, 0, bits)
-        done += 1
+        folio.anon_exclusive = _TRUE1.copy()
+        if written:
+            folio.written = _TRUE1.copy()
+    k.touched.update(folios)
+    if done:
+        table.version += 1
+        window = table.folios[first : first + done]
+        table.present += done - int(np.count_nonzero(window))
+        window[:] = folios
+        table.index[first : first + done] = 0
+        table.bits[first : first + done] = bits
     mm.rss[MM_ANONPAGES] += done
     k.vmstat.mod("nr_anon_pages", done)  # folio_add_new_anon_rmap: NR_ANON_MAPPED += 1 each
     return done
+
+
+_TRUE1 = np.ones(1, dtype=np.bool_)
 
 
 def alloc_anon_folio(k: Kernel, vma: VMA, addr: int) -> tuple[Folio | None, int]:

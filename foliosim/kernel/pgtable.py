@@ -75,7 +75,8 @@ class PteTable:
         """Map ``nr`` consecutive pages of one folio (set_ptes)."""
         self.version += 1
         window = self.folios[start : start + nr]
-        self.present += int(sum(1 for f in window if f is None))
+        # count_nonzero on an object array tests each entry's truth in C: a folio is true.
+        self.present += nr - int(np.count_nonzero(window))
         window[:] = folio
         self.index[start : start + nr] = np.arange(first_index, first_index + nr, dtype=np.int32)
         self.bits[start : start + nr] = bits
@@ -110,16 +111,22 @@ class PteTable:
             | (special[1:] != special[:-1])
         )
         starts = np.flatnonzero(brk)
-        ends = np.append(starts[1:], present.size)
-        return [
-            (int(present[s]) + first, int(e - s), objs[s], int(idx[s]), bool(special[s]))
-            for s, e in zip(starts, ends, strict=True)
-        ]
+        lengths = np.diff(np.append(starts, present.size)).tolist()
+        return list(
+            zip(
+                (present[starts] + first).tolist(),
+                lengths,
+                objs[starts].tolist(),
+                idx[starts].tolist(),
+                special[starts].tolist(),
+                strict=True,
+            )
+        )
 
     def clear_range(self, start: int, end: int) -> None:
         self.version += 1
         window = self.folios[start:end]
-        self.present -= int(sum(1 for f in window if f is not None))
+        self.present -= int(np.count_nonzero(window))
         window[:] = None
         self.index[start:end] = 0
         self.bits[start:end] = 0

@@ -54,8 +54,10 @@ def unmap_page_range(
             if k.variant.zap_pud_asserts_mmap_lock and not k.mmap_locked:
                 # 6.18's zap_pud_range: mmap_assert_locked() before split_huge_pud(), which a
                 # per-VMA-locked MADV_DONTNEED does not hold (rwsem_assert_held_nolockdep).
-                k.reports.warn("include/linux/rwsem.h:80",
-                               "unmap_page_range: mmap_assert_locked in zap_pud_range")
+                k.reports.warn(
+                    "include/linux/rwsem.h:80",
+                    "unmap_page_range: mmap_assert_locked in zap_pud_range",
+                )
             huge_memory.__split_huge_pud(k, vma, max(start, lo))
     # PMD level (zap_pmd_range).
     for pmd_no in _keys_in(pgt.pmd_leaves, start >> geo.pmd_shift, (end - 1) >> geo.pmd_shift):
@@ -65,17 +67,17 @@ def unmap_page_range(
         else:
             huge_memory.__split_huge_pmd(k, vma, max(start, lo))
     # PTE level (zap_pte_range).
-    puts: list[tuple[Folio, int]] = []
+    puts: list[Folio] = []  # the mmu_gather batch: folios and the references to drop
+    refs: list[int] = []
     for pmd_no in _keys_in(pgt.pte_tables, start >> geo.pmd_shift, (end - 1) >> geo.pmd_shift):
         table = pgt.pte_tables[pmd_no]
         lo = pmd_no << geo.pmd_shift
         first = max(start - lo, 0) >> k.page_shift
         last = min(end - lo, geo.pmd_size) >> k.page_shift
-        zap_pte_range(k, vma, table, first, last, puts, drop_markers, keep_anon)
+        zap_pte_range(k, vma, table, first, last, (puts, refs), drop_markers, keep_anon)
         if drop_markers and table.present == 0 and not table.bits.any():
             del pgt.pte_tables[pmd_no]
-    for folio, n in puts:
-        k.folio_put(folio, n)
+    k.folios_put_refs(puts, refs)
 
 
 def _keys_in(table: Mapping[int, object], lo: int, hi: int) -> list[int]:
@@ -90,7 +92,7 @@ def zap_pte_range(
     table: PteTable,
     first: int,
     last: int,
-    puts: list[tuple[Folio, int]],
+    batch: tuple[list[Folio], list[int]],
     drop_markers: bool,
     keep_anon: bool = False,
 ) -> None:
@@ -98,7 +100,8 @@ def zap_pte_range(
 
     Per run of one folio: RSS -= nr (MM_ANONPAGES / mm_counter_file), dirty/young PTE bits go
     into the folio (file folios), folio_remove_rmap_ptes(nr), and nr references queued for
-    the mmu_gather. Special entries (zero page, devmap/pfnmap) only clear.
+    the mmu_gather ``batch`` (folios, refs). Special entries (zero page, devmap/pfnmap) only
+    clear. Order-0 anonymous runs are handled together (_zap_small_anon), in the same order.
     """
     from foliosim.kernel.memory import mm_counter
 
@@ -106,20 +109,60 @@ def zap_pte_range(
     if drop_markers:
         markers = np.flatnonzero(bits[first:last] & PTE_MARKER_GUARD) + first
         bits[markers] = 0
+    variant = k.variant
+    rss = vma.mm.rss
+    puts, refs = batch
+    cleared: list[tuple[int, int]] = []
+    small: list[Folio] = []  # order-0 anon folios mapped by one PTE each: batched below
     for slot, nr, folio, page, special in table.runs(first, last):
         if keep_anon and folio.anon:
             continue
+        cleared.append((slot, nr))
+        if special:
+            continue
+        if folio.order == 0 and folio.anon and not folio.zero and folio.pgmap is None:
+            small.append(folio)
+            continue
+        if small:
+            _zap_small_anon(k, vma, small, batch)
+            small = []
         run_bits = bits[slot : slot + nr]
-        if not special:
-            if not folio.anon:
-                if (run_bits & PTE_DIRTY).any():
-                    folio.dirty = True
-                if (run_bits & PTE_YOUNG).any():
-                    folio.referenced = True
-            vma.mm.rss[mm_counter(folio)] -= nr
-            if not k.variant.zap_pte_forgets_rmap and (
-                k.variant.dax_mapcount or not folio.zone_device
-            ):
-                rmap.folio_remove_rmap_ptes(k, folio, page, nr, vma)
-            puts.append((folio, nr))
-        table.clear_range(slot, slot + nr)
+        if not folio.anon:
+            if (run_bits & PTE_DIRTY).any():
+                folio.dirty = True
+            if (run_bits & PTE_YOUNG).any():
+                folio.referenced = True
+        rss[mm_counter(folio)] -= nr
+        if not variant.zap_pte_forgets_rmap and (variant.dax_mapcount or not folio.zone_device):
+            rmap.folio_remove_rmap_ptes(k, folio, page, nr, vma)
+        puts.append(folio)
+        refs.append(nr)
+    if small:
+        _zap_small_anon(k, vma, small, batch)
+    if len(cleared) == 1 or (
+        cleared and cleared[-1][0] + cleared[-1][1] - cleared[0][0] == sum(n for _, n in cleared)
+    ):
+        table.clear_range(cleared[0][0], cleared[-1][0] + cleared[-1][1])
+    else:
+        for slot, nr in cleared:
+            table.clear_range(slot, slot + nr)
+
+
+def _zap_small_anon(
+    k: Kernel, vma: VMA, folios: list[Folio], batch: tuple[list[Folio], list[int]]
+) -> None:
+    """The order-0 anonymous runs of zap_present_ptes() in one batch: for each, what
+    folio_remove_rmap_pte() does to a small folio (mapcount - 1; NR_ANON_MAPPED - 1 when it
+    drops to zero) and one reference queued; MM_ANONPAGES drops by the number of pages."""
+    from foliosim.kernel.mm import MM_ANONPAGES
+
+    vma.mm.rss[MM_ANONPAGES] -= len(folios)
+    if not k.variant.zap_pte_forgets_rmap:
+        unmapped = 0
+        for folio in folios:
+            folio.mapcount_small -= 1
+            if folio.mapcount_small == 0:
+                unmapped += 1
+        k.vmstat.mod("nr_anon_pages", -unmapped)
+    batch[0].extend(folios)
+    batch[1].extend([1] * len(folios))

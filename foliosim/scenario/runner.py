@@ -380,7 +380,7 @@ def task_statement(run: Run, task: Task, stmt: Stmt, result: StmtResult) -> None
         from foliosim.procfs import render_proc
 
         target = k.tasks[str(a["of"])]
-        result.output.append(render_proc(k, target, str(a["file"])))
+        result.output.append(render_proc(k, target, str(a["file"])).rstrip("\n"))
 
 
 def global_statement(run: Run, stmt: Stmt) -> None:
@@ -425,8 +425,12 @@ def touch(k: Kernel, task: Task, start: int, length: int, write: bool) -> str | 
         if (write and not vma.flags & VM.WRITE) or not vma.flags & (VM.READ | VM.WRITE):
             return "SIGSEGV"
         m = k.lookup(mm, addr)
-        if m is None and _anon_batch(k, vma, addr, end, write):
-            continue
+        if m is None:
+            batched = _anon_batch(k, vma, addr, end, write)
+            if batched:
+                # The new entries are young, dirty and written already: nothing to touch.
+                addr += batched << k.page_shift
+                continue
         if m is None or (write and not m.write):
             signal = memory.handle_mm_fault(k, task, vma, addr, write)
             if signal:
@@ -455,45 +459,42 @@ def touch(k: Kernel, task: Task, start: int, length: int, write: bool) -> str | 
     return None
 
 
-def _anon_batch(k: Kernel, vma: Any, addr: int, end: int, write: bool) -> bool:
+def _anon_batch(k: Kernel, vma: Any, addr: int, end: int, write: bool) -> int:
     """Fault a run of empty PTEs of an anonymous VMA in one batch when each fault would take
-    do_anonymous_page()'s order-0 path (see memory.do_anonymous_pages). False: no batch."""
+    do_anonymous_page()'s order-0 path (see memory.do_anonymous_pages). Returns the number
+    of pages faulted and touched; 0: no batch (or memory ran out: the caller faults the
+    next page alone and sees the failure)."""
     from foliosim.kernel import huge_memory
     from foliosim.kernel.pgtable import PTE_MARKER_GUARD
 
     if not vma.is_anonymous or vma.shared:
-        return False
+        return 0
     geo = k.geometry
     pmd_no = addr >> geo.pmd_shift
     pgt = vma.mm.pgtables
     table = pgt.pte_tables.get(pmd_no)
     if pmd_no in pgt.pmd_leaves or (addr >> geo.pud_shift) in pgt.pud_leaves:
-        return False
+        return 0
     if table is None or not table.present:
         if geo.pmd_order in huge_memory.thp_vma_allowable_orders(k, vma):
-            return False  # create_huge_pmd gets the first say
+            return 0  # create_huge_pmd gets the first say
     if huge_memory.thp_vma_allowable_orders(k, vma, below_pmd=True):
-        return False
+        return 0
     stop = min(end, vma.end, (pmd_no + 1) << geo.pmd_shift)
     first = (addr >> k.page_shift) & (geo.ptrs_per_pte - 1)
     nr = (stop - addr + k.page_size - 1) >> k.page_shift
     if nr < 2:
-        return False
+        return 0
     if table is not None:
         window_f = table.folios[first : first + nr]
         window_b = table.bits[first : first + nr]
-        busy = [i for i in range(nr) if window_f[i] is not None or window_b[i] & PTE_MARKER_GUARD]
-        if busy:
-            nr = busy[0]
+        busy = np.flatnonzero(window_f.astype(np.bool_) | (window_b & PTE_MARKER_GUARD != 0))
+        if busy.size:
+            nr = int(busy[0])
     if nr < 2:
-        return False
-    done = memory.do_anonymous_pages(k, vma, addr, nr, write)
-    if write:
-        table = pgt.pte_tables[pmd_no]
-        for i in range(done):
-            folio = table.folios[first + i]
-            folio.written_array()[0] = True
-    return bool(done == nr)
+        return 0
+    done = memory.do_anonymous_pages(k, vma, addr, nr, write, written=write)
+    return done if done == nr else 0
 
 
 def _touch_pte_run(k: Kernel, table: Any, slot: int, addr: int, end: int, write: bool) -> int:
