@@ -21,6 +21,10 @@ from foliosim.oracle.sysfs import (
 )
 from foliosim.scenario.statements import parse_text
 
+# The host oracle reads machine-wide vmstat and a QEMU guest madvises its RAM for THPs: the
+# real-kernel tests share one xdist worker (--dist loadgroup) so they never overlap.
+pytestmark = pytest.mark.xdist_group("real-kernel")
+
 SUITE = Path(__file__).resolve().parent.parent / "conformance" / "host"
 MISSING = missing_preconditions()
 needs_host = pytest.mark.skipif(bool(MISSING), reason="; ".join(MISSING) or "host ready")

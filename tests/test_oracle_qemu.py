@@ -14,6 +14,10 @@ from foliosim.oracle_qemu.compare import compare, parse_console, run_model
 from foliosim.oracle_qemu.run import variant_for
 from foliosim.scenario.statements import parse_text
 
+# The host oracle reads machine-wide vmstat and a QEMU guest madvises its RAM for THPs: the
+# real-kernel tests share one xdist worker (--dist loadgroup) so they never overlap.
+pytestmark = pytest.mark.xdist_group("real-kernel")
+
 ROOT = Path(__file__).resolve().parent.parent
 SUITE = ROOT / "conformance" / "dax"
 SMOKE = [
