@@ -81,17 +81,23 @@ def fuzz_command(
     engine: Annotated[
         str,
         typer.Option(
-            help="programs (generated as data, fast) or hypothesis (RuleBasedStateMachine)."
+            help="local (programs as data on --jobs processes), dask (a Dask cluster: "
+            "--address, or a local one) or hypothesis (RuleBasedStateMachine)."
         ),
-    ] = "programs",
+    ] = "local",
+    address: Annotated[
+        str | None, typer.Option(help="Scheduler address of an existing Dask cluster.")
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Fuzz the model with generated scenario programs; every invariant after every step."""
     if engine == "hypothesis":
         _hypothesis(variant, programs, steps, seed, save, json_out)
         return
-    if engine != "programs":
-        err.print(f"unknown engine '{engine}' (programs, hypothesis)")
+    if engine == "programs":
+        engine = "local"
+    if engine not in ("local", "dask"):
+        err.print(f"unknown engine '{engine}' (local, dask, hypothesis)")
         raise typer.Exit(2)
     base = seed if seed is not None else random.SystemRandom().randrange(1 << 30)
     if not json_out:
@@ -136,6 +142,8 @@ def fuzz_command(
             known_defects=known_defects,
             time_limit=time_limit,
             skip=skip,
+            engine=engine,
+            address=address,
             progress=lambda n: progress.advance(task, n),
         )
     paths = [save_finding(save, f) for f in summary.findings]

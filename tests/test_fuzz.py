@@ -62,3 +62,27 @@ def test_parallel_campaign_and_resume(tmp_path: Path) -> None:
     assert load_state(state) == set(range(900, 908))
     again = campaign("mainline", 900, 10, 30, skip=load_state(state))
     assert again.programs == 2
+
+
+def test_dask_cluster_campaign() -> None:
+    """A campaign on a Dask cluster (scheduler and two worker processes started here) gives
+    the same programs, steps and finding kinds as the local engine, deduplicated."""
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    ) as cluster:
+        remote = campaign(
+            "zap-pte-no-rmap",
+            0,
+            12,
+            40,
+            engine="dask",
+            address=cluster.scheduler_address,
+            shrink_budget=5.0,
+        )
+    local = campaign("zap-pte-no-rmap", 0, 12, 40, shrink_budget=5.0)
+    assert remote.programs == local.programs == 12
+    assert remote.steps == local.steps
+    assert sorted(remote.done) == sorted(local.done) == list(range(12))
+    assert remote.findings and {f.kind for f in remote.findings} == {f.kind for f in local.findings}
+    assert len({f.key() for f in remote.findings}) == len(remote.findings)

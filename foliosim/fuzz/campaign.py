@@ -111,13 +111,27 @@ def campaign(
     shrink_budget: float = 20.0,
     skip: set[int] | None = None,
     progress: Callable[[int], None] | None = None,
+    engine: str = "local",
+    address: str | None = None,
 ) -> Summary:
+    """Run programs base_seed .. base_seed+programs-1 (minus ``skip``) and merge the results.
+
+    ``engine`` "local" uses ``jobs`` processes on this machine; "dask" submits slices of seeds
+    to a Dask cluster (the scheduler at ``address``, or a local cluster of ``jobs`` workers)
+    and merges what comes back, deduplicating counterexamples by their shrunk scenario.
+    """
     seeds = [s for s in range(base_seed, base_seed + programs) if not skip or s not in skip]
     chunks = [tuple(seeds[i::jobs]) for i in range(jobs)] if jobs > 1 else [tuple(seeds)]
     summary = Summary(variant or "mainline")
     start = time.monotonic()
     results: list[dict[str, object]] = []
-    if jobs > 1:
+    if engine == "dask":
+        slices = [tuple(seeds[i : i + 8]) for i in range(0, len(seeds), 8)]
+        jobs_list = [
+            Job(variant, c, steps, config, known_defects, time_limit, shrink_budget) for c in slices
+        ]
+        results = run_on_dask(jobs_list, address, jobs, progress)
+    elif jobs > 1:
         with ProcessPoolExecutor(max_workers=jobs) as pool:
             for res in pool.map(
                 run_job,
@@ -163,6 +177,40 @@ def campaign(
                 summary.findings.append(finding)
     summary.seconds = time.monotonic() - start
     return summary
+
+
+def run_on_dask(
+    jobs_list: list[Job],
+    address: str | None,
+    workers: int,
+    progress: Callable[[int], None] | None,
+) -> list[dict[str, object]]:
+    """Map run_job over a Dask cluster: an existing scheduler (``address``), or an in-process
+    local cluster for the run. The local one shares this interpreter (threads), so it checks
+    the Dask path rather than adding cores: for cores on one machine use the local engine."""
+    from distributed import Client, LocalCluster, as_completed
+
+    cluster = None
+    if address is None:
+        cluster = LocalCluster(
+            n_workers=max(workers, 1), threads_per_worker=1, processes=False, dashboard_address=None
+        )
+        client = Client(cluster)
+    else:
+        client = Client(address)
+    try:
+        futures = client.map(run_job, jobs_list, pure=False)
+        results: list[dict[str, object]] = []
+        for future in as_completed(futures):
+            res = future.result()
+            results.append(res)
+            if progress:
+                progress(int(res["programs"]))
+        return results
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
 
 
 def replay(
