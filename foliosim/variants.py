@@ -83,6 +83,8 @@ class Variant:
     mremap_checks_huge_pud_first: bool = False
     # 6.18 asserts mmap_lock in zap_pud_range before splitting a PUD (gone by 7.1).
     zap_pud_asserts_mmap_lock: bool = False
+    # MADV_GUARD_INSTALL/REMOVE exist (added in 6.13; 6.1 answers EINVAL).
+    has_guard_regions: bool = True
 
     def mutate(self, name: str, description: str, **switches: bool) -> Variant:
         return replace(self, name=name, description=description, **switches)
@@ -104,6 +106,7 @@ LEGACY = Variant(
     "before the series (6.1): special devmap entries, no ref/mapcount/RSS for DAX",
     dax_refcounted=False,
     fsdax_idle_refcount=1,
+    has_guard_regions=False,
     mprotect_pud_clears_bad=True,
 )
 

@@ -40,6 +40,8 @@ def do_madvise(k: Kernel, task: Task, start: int, length: int, advice: str) -> N
     k.enter("do_madvise")
     if advice not in ADVICES:
         raise SyscallError("EINVAL", f"unknown advice {advice}")
+    if advice.startswith("GUARD") and not k.variant.has_guard_regions:
+        raise SyscallError("EINVAL", "no guard regions before 6.13 (madvise_behavior_valid)")
     thp_only = ("HUGEPAGE", "NOHUGEPAGE", "COLLAPSE")
     if advice in thp_only and not k.config.enabled("TRANSPARENT_HUGEPAGE"):
         raise SyscallError("EINVAL", "MADV_* needs CONFIG_TRANSPARENT_HUGEPAGE")
