@@ -233,6 +233,10 @@ def _check_anon(k: Kernel, f: Folio, t: Tally, bad: Callable[[str, str], None]) 
     mapping is marked partially mapped and on the deferred-split queue
     (__folio_remove_rmap -> deferred_split_folio)."""
     exclusive = f.anon_exclusive
+    if not f.large:
+        if exclusive is not None and exclusive[0] and t.pte_total > 1:
+            bad("anon-exclusive", f"page 0 is AnonExclusive but mapped {t.pte_total} times")
+        return
     if exclusive is not None and exclusive.any():
         per_page = t.ptes if t.ptes is not None else np.zeros(f.nr_pages, dtype=np.int64)
         if f.large and (t.pmds or t.puds):

@@ -59,7 +59,8 @@ class IncrementalChecker:
             self.folios[key] = folio
             t = self.tallies[key]
             t.pte_total += sign * nr
-            t.per_page(folio)[page : page + nr] += sign
+            if folio.order:  # a small folio's one page is counted by pte_total alone
+                t.per_page(folio)[page : page + nr] += sign
             rss[counter] += sign * nr
             dirty.add(key)
 
@@ -137,7 +138,8 @@ class IncrementalChecker:
     # ---- checks ------------------------------------------------------------------------
     def check(self) -> list[Violation]:
         k = self.k
-        dirty = self.sync()
+        moved = self.sync()  # folios whose tallies changed: their vmstat share may have too
+        dirty = set(moved)
         for folio in k.touched:
             self.folios[id(folio)] = folio
             dirty.add(id(folio))
@@ -146,9 +148,10 @@ class IncrementalChecker:
         gets = _extra_refs(k) if getattr(k, "pinsets", None) else {}
         for key in dirty:
             folio = self.folios[key]
-            tally = self.tallies.get(key, Tally())
+            tally = self.tallies.get(key, _NO_TALLY)
             out.extend(_check_folio(k, folio, tally, gets.get(key, 0)))
-            self._restat(key, folio, tally)
+            if key in moved or folio.freed:
+                self._restat(key, folio, tally)
             if folio.freed and not tally.pte_total + tally.pmds + tally.puds:
                 self.folios.pop(key, None)
                 self.tallies.pop(key, None)
@@ -198,6 +201,9 @@ class IncrementalChecker:
             if queue.get(f.pfn) is f and (f.freed or not f.anon or f.order <= 1):
                 out.append(Violation("deferred-split", f"bad queue entry {f!r}"))
         return out
+
+
+_NO_TALLY = Tally()  # read-only stand-in for folios no entry maps
 
 
 def _run_difference(old: list[Run], new: list[Run]) -> tuple[list[Run], list[Run]]:

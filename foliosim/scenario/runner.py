@@ -501,9 +501,17 @@ def _touch_pte_run(k: Kernel, table: Any, slot: int, addr: int, end: int, write:
     """Access present PTEs from ``slot`` on without faulting: the run stops at the first entry
     that needs a fault (none, or read-only for a write), the end of the range or the table.
     Young (and dirty, written) are set for the run; returns the number of pages touched."""
-    from foliosim.kernel.pgtable import PTE_DIRTY, PTE_WRITE, PTE_YOUNG
+    from foliosim.kernel.pgtable import PTE_DIRTY, PTE_SPECIAL, PTE_WRITE, PTE_YOUNG
 
     last = min(k.geometry.ptrs_per_pte, slot + ((end - addr + k.page_size - 1) >> k.page_shift))
+    nxt = slot + 1
+    if nxt >= last or table.folios[nxt] is None or (write and not table.bits[nxt] & PTE_WRITE):
+        # One page (the common case right after a fault): no NumPy slicing.
+        table.bits[slot] |= PTE_YOUNG | (PTE_DIRTY if write else 0)
+        folio = table.folios[slot]
+        if write and not table.bits[slot] & PTE_SPECIAL and not folio.zone_device:
+            folio.written_array()[int(table.index[slot])] = True
+        return 1
     folios = table.folios[slot:last]
     bits = table.bits[slot:last]
     ok = folios != None  # noqa: E711 (elementwise on an object array)
