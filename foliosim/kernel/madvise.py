@@ -102,7 +102,7 @@ def madvise_vma_behavior(k: Kernel, vma: VMA, start: int, end: int, advice: str)
         madvise_guard_remove(k, vma, start, end)
 
 
-def _update_vma_flags(k: Kernel, vma: VMA, start: int, end: int, new_flags: VM) -> None:
+def _update_vma_flags(k: Kernel, vma: VMA, start: int, end: int, new_flags: int) -> None:
     """madvise_update_vma() -> vma_modify_flags(): split to the range, set, merge. may_split
     refusals stay EINVAL; ENOMEM from a split would be reported as EAGAIN."""
     if new_flags == vma.flags:

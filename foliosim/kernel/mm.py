@@ -12,7 +12,6 @@ from __future__ import annotations
 import bisect
 import itertools
 from dataclasses import dataclass, field
-from enum import IntFlag
 from typing import TYPE_CHECKING
 
 from foliosim.kernel.pgtable import PageTables
@@ -21,8 +20,9 @@ if TYPE_CHECKING:
     from foliosim.kernel.files import BackingFile
 
 
-class VM(IntFlag):
-    """vm_flags bits (include/linux/mm.h)."""
+class VM:
+    """vm_flags bits (include/linux/mm.h), as plain ints: IntFlag arithmetic costs more
+    than the fault path it sits on."""
 
     READ = 0x1
     WRITE = 0x2
@@ -66,7 +66,7 @@ class VMA:
     mm: MM
     start: int
     end: int
-    flags: VM
+    flags: int
     file: BackingFile | None = None
     pgoff: int = 0  # in pages; for anon VMAs, the address >> PAGE_SHIFT at creation
     anon_vma: AnonVma | None = None

@@ -32,8 +32,8 @@ def page_align(k: Kernel, n: int) -> int:
     return (n + k.page_size - 1) & ~(k.page_size - 1)
 
 
-def prot_flags(prot: str) -> VM:
-    flags = VM(0)
+def prot_flags(prot: str) -> int:
+    flags = 0
     if "r" in prot:
         flags |= VM.READ
     if "w" in prot:

@@ -50,7 +50,7 @@ def do_mprotect(k: Kernel, task: Task, start: int, length: int, prot: str) -> No
         raise SyscallError("ENOMEM", "hole at end of range")
 
 
-def mprotect_fixup(k: Kernel, vma: VMA, start: int, end: int, new_prot: VM) -> None:
+def mprotect_fixup(k: Kernel, vma: VMA, start: int, end: int, new_prot: int) -> None:
     """mprotect_fixup() (mm/mprotect.c, 7.1.8): split the VMA to [start, end), set the flags,
     change the entries, then merge with compatible neighbours."""
     if (vma.flags & PROT_BITS) == new_prot:
@@ -65,7 +65,7 @@ def mprotect_fixup(k: Kernel, vma: VMA, start: int, end: int, new_prot: VM) -> N
     vma.mm.try_merge(vma, k.page_shift)
 
 
-def change_protection(k: Kernel, vma: VMA, old: VM) -> None:
+def change_protection(k: Kernel, vma: VMA, old: int) -> None:
     """change_protection() over the whole VMA: leaves lose write when VM_WRITE is removed;
     exclusive anon PTEs regain it when VM_WRITE is added to a private mapping."""
     geo = k.geometry
