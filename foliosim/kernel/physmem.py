@@ -43,10 +43,12 @@ class Folio:
         "freed",
         "index",
         "kind",
+        "large",
         "large_mapcount",
         "lru",
         "mapcount_small",
         "mapping",
+        "nr_pages",
         "nr_pages_mapped_raw",
         "order",
         "page_mapcounts",
@@ -68,6 +70,9 @@ class Folio:
     def __init__(self, pfn: int, order: int, kind: str = "ram") -> None:
         self.pfn = pfn
         self.order = order
+        # Plain attributes, not properties: read on every rmap and check.
+        self.nr_pages = 1 << order
+        self.large = order > 0
         self.kind = kind  # "ram", "zero", "huge_zero", "devdax", "fsdax"
         self.refcount = 1
         self.mapcount_small = 0
@@ -95,14 +100,7 @@ class Folio:
         self.share = 0
         self.readahead = False  # PG_readahead: reaching it triggers async readahead
 
-    # ---- shape -------------------------------------------------------------------------
-    @property
-    def nr_pages(self) -> int:
-        return 1 << self.order
-
-    @property
-    def large(self) -> bool:
-        return self.order > 0
+    # ---- shape (order never changes: splits make new folios) ---------------------------
 
     @property
     def zone_device(self) -> bool:
