@@ -46,6 +46,7 @@ class IncrementalChecker:
         self.tallies: dict[int, Tally] = defaultdict(Tally)
         self.folios: dict[int, Folio] = {}
         self.table_runs: dict[tuple[int, int], tuple[object, int, list[Run]]] = {}
+        self.known_keys: dict[int, set[int]] = {}
         self.leaves: dict[tuple[int, str, int], tuple[Folio, int]] = {}
         self.rss: dict[int, list[int]] = {}
         self.contrib: dict[int, dict[str, int]] = {}
@@ -82,12 +83,27 @@ class IncrementalChecker:
         self,
         mm: MM,
         dirty: set[int],
-        seen_tables: set[tuple[int, int]],
         seen_leaves: set[tuple[int, str, int]],
     ) -> None:
-        for pmd_no, table in mm.pgtables.pte_tables.items():
+        pgt = mm.pgtables
+        changed = list(pgt.changed)
+        pgt.changed.clear()  # cleared in place: every table of the mm points at this set
+        keys_now = set(pgt.pte_tables)
+        known = self.known_keys.get(mm.id)
+        if known is None:
+            todo = keys_now
+        else:
+            # New slots, and every slot a changed table sits at or sat at (a table freed and
+            # replaced within one statement is caught by the identity check below).
+            todo = (keys_now - known) | {t.pmd_no for t in changed if t.pmd_no in keys_now}
+            for pmd_no in known - keys_now:  # tables freed: their runs go
+                old = self.table_runs.pop((mm.id, pmd_no), None)
+                if old is not None:
+                    self._apply_runs(mm.id, old[2], -1, dirty)
+        self.known_keys[mm.id] = keys_now
+        for pmd_no in todo:
+            table = pgt.pte_tables[pmd_no]
             key = (mm.id, pmd_no)
-            seen_tables.add(key)
             old = self.table_runs.get(key)
             # A table freed and allocated again starts its version afresh: compare identity.
             if old is not None and old[0] is table and old[1] == table.version:
@@ -97,7 +113,9 @@ class IncrementalChecker:
                 for _, nr, f, page, special in table.runs()
                 if not special
             ]
-            if old is None:
+            if old is None or old[0] is not table:
+                if old is not None:
+                    self._apply_runs(mm.id, old[2], -1, dirty)
                 self._apply_runs(mm.id, runs, +1, dirty)
             else:
                 # Only the runs that changed move tallies (and make their folios dirty): a
@@ -124,12 +142,16 @@ class IncrementalChecker:
     def sync(self) -> set[int]:
         """Bring tallies up to date; returns the ids of folios whose tallies changed."""
         dirty: set[int] = set()
-        seen_tables: set[tuple[int, int]] = set()
         seen_leaves: set[tuple[int, str, int]] = set()
-        for mm in self.k.live_mms():
-            self._sync_mm(mm, dirty, seen_tables, seen_leaves)
-        for key in [key for key in self.table_runs if key not in seen_tables]:
-            self._apply_runs(key[0], self.table_runs.pop(key)[2], -1, dirty)
+        live = self.k.live_mms()
+        for mm in live:
+            self._sync_mm(mm, dirty, seen_leaves)
+        live_ids = {mm.id for mm in live}
+        for mm_id in [m for m in self.known_keys if m not in live_ids]:  # exited mms
+            for pmd_no in self.known_keys.pop(mm_id):
+                old = self.table_runs.pop((mm_id, pmd_no), None)
+                if old is not None:
+                    self._apply_runs(mm_id, old[2], -1, dirty)
         for key3 in [key for key in self.leaves if key not in seen_leaves]:
             folio, counter = self.leaves.pop(key3)
             self._apply_leaf(key3[0], key3[1], folio, counter, -1, dirty)

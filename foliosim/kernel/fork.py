@@ -193,7 +193,7 @@ def _copy_small_anon(
     idx = np.array(slots, dtype=np.intp)
     if cow:
         stable.bits[idx] &= CLEAR_WRITE
-    dtable.version += 1
+    dtable.bump()
     dtable.present += len(folios) - int(np.count_nonzero(dtable.folios[idx]))
     dtable.folios[idx] = stable.folios[idx]
     dtable.index[idx] = stable.index[idx]

@@ -13,7 +13,7 @@ devmap DAX): vm_normal_page() returns NULL for them, so they hold no reference o
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -50,21 +50,30 @@ class Leaf:
 class PteTable:
     """One page-table page of PTEs."""
 
-    __slots__ = ("bits", "folios", "index", "present", "version")
+    __slots__ = ("bits", "changed", "folios", "index", "pmd_no", "present", "version")
 
-    def __init__(self, n: int) -> None:
-        # Bumped by every change of which folio an entry maps (incremental invariant checks).
+    def __init__(self, n: int, changed: set[PteTable] | None = None, pmd_no: int = -1) -> None:
+        self.pmd_no = pmd_no
+        # Bumped by every change of which folio an entry maps, and the table noted in its
+        # mm's ``changed`` set: the incremental invariant checker re-reads only those.
         self.version = 0
+        self.changed = changed
         self.folios: np.ndarray[Any, Any] = np.full(n, None, dtype=object)
         self.index: np.ndarray[Any, Any] = np.zeros(n, dtype=np.int32)
         self.bits: np.ndarray[Any, Any] = np.zeros(n, dtype=np.uint8)
         self.present = 0
 
+    def bump(self) -> None:
+        """Note a change of the entries (see ``version``)."""
+        self.version += 1
+        if self.changed is not None:
+            self.changed.add(self)
+
     def is_none(self, i: int) -> bool:
         return self.folios[i] is None and not self.bits[i] & PTE_MARKER_GUARD
 
     def set(self, i: int, folio: Folio, index: int, bits: int) -> None:
-        self.version += 1
+        self.bump()
         if self.folios[i] is None:
             self.present += 1
         self.folios[i] = folio
@@ -73,7 +82,7 @@ class PteTable:
 
     def set_run(self, start: int, folio: Folio, first_index: int, nr: int, bits: int) -> None:
         """Map ``nr`` consecutive pages of one folio (set_ptes)."""
-        self.version += 1
+        self.bump()
         window = self.folios[start : start + nr]
         # count_nonzero on an object array tests each entry's truth in C: a folio is true.
         self.present += nr - int(np.count_nonzero(window))
@@ -82,7 +91,7 @@ class PteTable:
         self.bits[start : start + nr] = bits
 
     def clear(self, i: int) -> None:
-        self.version += 1
+        self.bump()
         if self.folios[i] is not None:
             self.present -= 1
         self.folios[i] = None
@@ -124,7 +133,7 @@ class PteTable:
         )
 
     def clear_range(self, start: int, end: int) -> None:
-        self.version += 1
+        self.bump()
         window = self.folios[start:end]
         self.present -= int(np.count_nonzero(window))
         window[:] = None
@@ -143,6 +152,8 @@ class PageTables:
     # Page tables deposited behind PMD leaves (pgtable_trans_huge_deposit/withdraw): a counter
     # kept where the kernel deposits and withdraws, checked against the leaves' flags.
     deposits: int = 0
+    # PTE tables whose entries changed since the incremental checker last looked.
+    changed: set[PteTable] = field(default_factory=set)
 
     @classmethod
     def empty(cls, ptrs_per_pte: int) -> PageTables:
@@ -151,7 +162,7 @@ class PageTables:
     def pte_table(self, pmd_no: int, create: bool = False) -> PteTable | None:
         table = self.pte_tables.get(pmd_no)
         if table is None and create:
-            table = PteTable(self.ptrs_per_pte)
+            table = PteTable(self.ptrs_per_pte, self.changed, pmd_no)
             self.pte_tables[pmd_no] = table
         return table
 
