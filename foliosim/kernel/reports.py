@@ -70,16 +70,16 @@ class ReportLog:
 # /proc/vmstat names the model maintains, in the units the kernel keeps them (pages). Those in
 # THP_PRINTED_PER_PMD are divided by HPAGE_PMD_NR on printing (mm/vmstat.c,
 # vmstat_item_print_in_thp()).
-NODE_STATS = (
+NODE_STATS = (  # in the order of vmstat_text[] (mm/vmstat.c, 7.1.8)
     "nr_anon_pages",  # NR_ANON_MAPPED
     "nr_mapped",  # NR_FILE_MAPPED
     "nr_file_pages",
     "nr_shmem",
-    "nr_anon_transparent_hugepages",  # NR_ANON_THPS
     "nr_shmem_hugepages",
     "nr_shmem_pmdmapped",
     "nr_file_hugepages",
     "nr_file_pmdmapped",
+    "nr_anon_transparent_hugepages",  # NR_ANON_THPS
     "nr_foll_pin_acquired",
     "nr_foll_pin_released",
 )
@@ -92,7 +92,7 @@ THP_PRINTED_PER_PMD = frozenset(
         "nr_file_pmdmapped",
     }
 )
-EVENTS = (
+EVENTS = (  # in the order of vmstat_text[] (mm/vmstat.c, 7.1.8)
     "pgfault",
     "thp_fault_alloc",
     "thp_fault_fallback",
@@ -106,10 +106,10 @@ EVENTS = (
     "thp_deferred_split_page",
     "thp_underused_split_page",
     "thp_split_pmd",
+    "thp_scan_exceed_none_pte",
     "thp_split_pud",
     "thp_zero_page_alloc",
     "thp_zero_page_alloc_failed",
-    "thp_scan_exceed_none_pte",
 )
 # Items that exist only with some configuration (include/linux/vm_event_item.h).
 THP_ONLY = frozenset(e for e in EVENTS if e.startswith("thp_")) | THP_PRINTED_PER_PMD

@@ -5,40 +5,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from foliosim.kernel.reports import EVENTS, NODE_STATS
+
 if TYPE_CHECKING:
     from foliosim.kernel.kernel import Kernel
 
 # The model's items in the order of vmstat_text[] (mm/vmstat.c, 7.1.8).
-VMSTAT_ORDER = (
-    "nr_anon_pages",
-    "nr_mapped",
-    "nr_file_pages",
-    "nr_shmem",
-    "nr_shmem_hugepages",
-    "nr_shmem_pmdmapped",
-    "nr_file_hugepages",
-    "nr_file_pmdmapped",
-    "nr_anon_transparent_hugepages",
-    "nr_foll_pin_acquired",
-    "nr_foll_pin_released",
-    "pgfault",
-    "thp_fault_alloc",
-    "thp_fault_fallback",
-    "thp_collapse_alloc",
-    "thp_collapse_alloc_failed",
-    "thp_file_alloc",
-    "thp_file_fallback",
-    "thp_file_mapped",
-    "thp_split_page",
-    "thp_split_page_failed",
-    "thp_deferred_split_page",
-    "thp_underused_split_page",
-    "thp_split_pmd",
-    "thp_scan_exceed_none_pte",
-    "thp_split_pud",
-    "thp_zero_page_alloc",
-    "thp_zero_page_alloc_failed",
-)
+VMSTAT_ORDER = NODE_STATS + EVENTS
 
 
 def vmstat_values(k: Kernel) -> dict[str, int]:
