@@ -16,7 +16,7 @@ from foliosim.kernel.filemap import filemap_fault, filemap_map_pages
 from foliosim.kernel.mm import MM_ANONPAGES, VM
 from foliosim.kernel.pgtable import PTE_DIRTY, PTE_SPECIAL, PTE_WRITE, PTE_YOUNG
 from foliosim.kernel.physmem import Folio
-from foliosim.kernel.walk import has_guard_marker
+from foliosim.kernel.walk import has_guard_marker, mappings_of
 
 if TYPE_CHECKING:
     from foliosim.kernel.kernel import Kernel, Task
@@ -371,15 +371,19 @@ def do_wp_page(k: Kernel, vma: VMA, addr: int) -> str | None:
 def wp_can_reuse_anon_folio(k: Kernel, folio: Folio, vma: VMA) -> bool:
     """wp_can_reuse_anon_folio() (mm/memory.c, 7.1.8).
 
-    Small folio: reusable when our mapping holds the only reference. Large folio (with
-    CONFIG_MM_ID): reusable when every reference is a mapping and all of them belong to this
-    mm; the model checks "all mappings are ours" from the page tables.
+    Small folio: reusable when our mapping holds the only reference. Large folio
+    (__wp_can_reuse_large_anon_folio, CONFIG_MM_ID): never when at most one page is mapped
+    (copy it so the large folio can be freed); otherwise reusable when every reference is a
+    mapping and all of them are in this mm — the model counts this mm's entries instead of
+    reading the MM-id "shared" bit (which can stay set after a third mm came and went).
     """
     if not folio.large:
         return folio.refcount == 1
-    if folio.refcount != folio.large_mapcount:
+    if folio.large_mapcount <= 1 or folio.refcount != folio.large_mapcount:
         return False
-    return all(m.mm is vma.mm for m in k.rmap_walk(folio))
+    geo = k.geometry
+    ours = mappings_of([vma.mm], folio, geo.pmd_shift, geo.pud_shift, geo.page_shift)
+    return len(ours) == folio.large_mapcount
 
 
 def wp_page_copy(k: Kernel, vma: VMA, addr: int, old: Folio, page: int) -> str | None:
