@@ -35,23 +35,44 @@ def _vma_at(k: Kernel, mm: object, addr: int) -> VMA:
     return vma
 
 
-def split_folio(k: Kernel, folio: Folio) -> bool:
-    """split_folio() -> __folio_split() to order 0 for an anonymous folio. True on success."""
+def _refuse_split(k: Kernel, folio: Folio, expected_refs: int) -> bool:
+    """The reference check of __folio_split() (mm/huge_memory.c, 7.1.8).
+
+    A folio holding references beyond ``expected_refs`` cannot be split; a PMD-order
+    folio refused this way counts thp_split_page_failed. True when refused.
+    """
+    if folio.refcount == expected_refs:
+        return False
+    if folio.order == k.geometry.pmd_order:
+        k.vmstat.count_event("thp_split_page_failed")
+    return True
+
+
+def _unmap_folio_pmds(k: Kernel, folio: Folio) -> None:
+    """The TTU_SPLIT_HUGE_PMD part of unmap_folio() (mm/huge_memory.c, 7.1.8).
+
+    Splits every PMD mapping of ``folio`` so that each mapping left is a PTE; the
+    kernel then installs migration entries, which the model leaves out (its callers
+    remove the PTE mappings themselves).
+    """
     from foliosim.kernel.huge_memory import __split_huge_pmd
 
+    for ref in k.rmap_walk(folio):
+        if ref.level == "pmd":
+            __split_huge_pmd(k, _vma_at(k, ref.mm, ref.addr), ref.addr)
+
+
+def split_folio(k: Kernel, folio: Folio) -> bool:
+    """split_folio() -> __folio_split() to order 0 for an anonymous folio. True on success."""
     k.enter("__folio_split")
     pmd_order = k.geometry.pmd_order
     if not folio.large or folio.zero or not folio.anon:
         return False
     # folio_expected_ref_count() == refcount - 1 (the caller's reference, implicit here).
-    if folio.refcount != folio.folio_mapcount() and not k.variant.split_ignores_extra_refs:
-        if folio.order == pmd_order:
-            k.vmstat.count_event("thp_split_page_failed")
+    if not k.variant.split_ignores_extra_refs and _refuse_split(k, folio, folio.folio_mapcount()):
         return False
     # unmap_folio(): split PMD mappings (freeze) so every mapping is a PTE.
-    for ref in k.rmap_walk(folio):
-        if ref.level == "pmd":
-            __split_huge_pmd(k, _vma_at(k, ref.mm, ref.addr), ref.addr)
+    _unmap_folio_pmds(k, folio)
     refs = [r for r in k.rmap_walk(folio) if r.level == "pte"]
     saved = []
     for ref in refs:
@@ -162,7 +183,6 @@ def split_file_folio(k: Kernel, folio: Folio, at: int) -> list[Folio] | None:
     which each hold their own page-cache references. Left out: writeback, mlock, swapcache.
     """
     from foliosim.kernel.files import BackingFile
-    from foliosim.kernel.huge_memory import __split_huge_pmd
     from foliosim.kernel.pgtable import PTE_DIRTY, PTE_WRITE, PTE_YOUNG
 
     k.enter("folio_split")
@@ -174,13 +194,9 @@ def split_file_folio(k: Kernel, folio: Folio, at: int) -> list[Folio] | None:
         or file.cache.get(folio.index) is not folio
     ):
         return None
-    if folio.refcount != folio.nr_pages + folio.folio_mapcount():
-        if folio.order == pmd_order:
-            k.vmstat.count_event("thp_split_page_failed")
+    if _refuse_split(k, folio, folio.nr_pages + folio.folio_mapcount()):
         return None
-    for ref in k.rmap_walk(folio):
-        if ref.level == "pmd":
-            __split_huge_pmd(k, _vma_at(k, ref.mm, ref.addr), ref.addr)
+    _unmap_folio_pmds(k, folio)
     saved = []
     for ref in k.rmap_walk(folio):
         assert ref.table is not None
