@@ -81,12 +81,16 @@ def fuzz_command(
     engine: Annotated[
         str,
         typer.Option(
-            help="local (programs as data on --jobs processes), dask (a Dask cluster: "
-            "--address, or a local one) or hypothesis (RuleBasedStateMachine)."
+            help="local (programs as data on --jobs processes), dask or ray (a Dask or Ray "
+            "cluster: --address, or a local one) or hypothesis (RuleBasedStateMachine)."
         ),
     ] = "local",
     address: Annotated[
-        str | None, typer.Option(help="Scheduler address of an existing Dask cluster.")
+        str | None,
+        typer.Option(
+            help="Address of an existing cluster: a Dask scheduler, or a Ray head "
+            "(HOST:PORT, or 'auto')."
+        ),
     ] = None,
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
@@ -96,8 +100,8 @@ def fuzz_command(
         return
     if engine == "programs":
         engine = "local"
-    if engine not in ("local", "dask"):
-        err.print(f"unknown engine '{engine}' (local, dask, hypothesis)")
+    if engine not in ("local", "dask", "ray"):
+        err.print(f"unknown engine '{engine}' (local, dask, ray, hypothesis)")
         raise typer.Exit(2)
     base = seed if seed is not None else random.SystemRandom().randrange(1 << 30)
     if not json_out:

@@ -86,3 +86,37 @@ def test_dask_cluster_campaign() -> None:
     assert sorted(remote.done) == sorted(local.done) == list(range(12))
     assert remote.findings and {f.kind for f in remote.findings} == {f.kind for f in local.findings}
     assert len({f.key() for f in remote.findings}) == len(remote.findings)
+
+
+def test_ray_cluster_campaign() -> None:
+    """A campaign on a Ray cluster (a head node with 2 CPUs started here as separate processes;
+    the campaign connects to it by address and disconnects) gives the same programs, steps and
+    finding kinds as the local engine, deduplicated."""
+    ray = pytest.importorskip("ray")
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 2, "include_dashboard": False},
+        shutdown_at_exit=False,
+    )
+    try:
+        remote = campaign(
+            "zap-pte-no-rmap",
+            0,
+            12,
+            40,
+            engine="ray",
+            address=cluster.address,
+            shrink_budget=5.0,
+        )
+        assert not ray.is_initialized()  # the campaign's connection is closed, the cluster kept
+        assert cluster.head_node.remaining_processes_alive()
+    finally:
+        cluster.shutdown()
+    local = campaign("zap-pte-no-rmap", 0, 12, 40, shrink_budget=5.0)
+    assert remote.programs == local.programs == 12
+    assert remote.steps == local.steps
+    assert sorted(remote.done) == sorted(local.done) == list(range(12))
+    assert remote.findings and {f.kind for f in remote.findings} == {f.kind for f in local.findings}
+    assert len({f.key() for f in remote.findings}) == len(remote.findings)

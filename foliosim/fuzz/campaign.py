@@ -9,6 +9,7 @@ stopped campaign keeps what it found and `--resume` skips seeds already done.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -116,21 +117,22 @@ def campaign(
 ) -> Summary:
     """Run programs base_seed .. base_seed+programs-1 (minus ``skip``) and merge the results.
 
-    ``engine`` "local" uses ``jobs`` processes on this machine; "dask" submits slices of seeds
-    to a Dask cluster (the scheduler at ``address``, or a local cluster of ``jobs`` workers)
-    and merges what comes back, deduplicating counterexamples by their shrunk scenario.
+    ``engine`` "local" uses ``jobs`` processes on this machine; "dask" and "ray" submit slices
+    of seeds to a Dask or Ray cluster (the one at ``address``, or a local one of ``jobs``
+    workers) and merge what comes back, deduplicating counterexamples by their shrunk scenario.
     """
     seeds = [s for s in range(base_seed, base_seed + programs) if not skip or s not in skip]
     chunks = [tuple(seeds[i::jobs]) for i in range(jobs)] if jobs > 1 else [tuple(seeds)]
     summary = Summary(variant or "mainline")
     start = time.monotonic()
     results: list[dict[str, object]] = []
-    if engine == "dask":
+    if engine in ("dask", "ray"):
         slices = [tuple(seeds[i : i + 8]) for i in range(0, len(seeds), 8)]
         jobs_list = [
             Job(variant, c, steps, config, known_defects, time_limit, shrink_budget) for c in slices
         ]
-        results = run_on_dask(jobs_list, address, jobs, progress)
+        runner = run_on_dask if engine == "dask" else run_on_ray
+        results = runner(jobs_list, address, jobs, progress)
     elif jobs > 1:
         with ProcessPoolExecutor(max_workers=jobs) as pool:
             for res in pool.map(
@@ -211,6 +213,44 @@ def run_on_dask(
         client.close()
         if cluster is not None:
             cluster.close()
+
+
+def run_on_ray(
+    jobs_list: list[Job],
+    address: str | None,
+    workers: int,
+    progress: Callable[[int], None] | None,
+) -> list[dict[str, object]]:
+    """Run run_job as one Ray task per Job on an existing cluster (``address``, e.g.
+    "auto" or "HOST:PORT"), or on a local Ray started for the run with ``workers`` CPUs
+    (worker processes). A connection this process already has is used as it is."""
+    import ray
+
+    owned = not ray.is_initialized()
+    if owned and address is None:
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        ray.init(
+            num_cpus=max(workers, 1),
+            include_dashboard=False,
+            logging_level=logging.ERROR,
+            log_to_driver=False,
+        )
+    elif owned:
+        ray.init(address=address, logging_level=logging.ERROR)
+    try:
+        task = ray.remote(num_cpus=1)(run_job)
+        pending = [task.remote(job) for job in jobs_list]
+        results: list[dict[str, object]] = []
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            res: dict[str, object] = ray.get(ready[0])
+            results.append(res)
+            if progress:
+                progress(int(res["programs"]))  # type: ignore[call-overload]
+        return results
+    finally:
+        if owned:
+            ray.shutdown()
 
 
 def replay(
