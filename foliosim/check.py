@@ -213,6 +213,8 @@ def _check_folio(k: Kernel, f: Folio, t: Tally, gets: int) -> list[Violation]:
                 )
         if f.pincount < 0:
             bad("pincount", f"negative pincount {f.pincount}")
+        if f.mm_ids is not None:
+            _check_mm_ids(f, bad)
     elif f.mapcount_small != t.pte_total:
         bad("mapcount", f"mapcount {f.mapcount_small} != {t.pte_total} PTEs")
     if f.anon:
@@ -225,6 +227,22 @@ def _check_folio(k: Kernel, f: Folio, t: Tally, gets: int) -> list[Violation]:
                 "a referenced fs-dax folio no file entry owns (its blocks were freed)",
             )
     return out
+
+
+def _check_mm_ids(f: Folio, bad: Callable[[str, str], None]) -> None:
+    """The CONFIG_MM_ID slots (include/linux/rmap.h, 7.1.8): a free slot (MM_ID_DUMMY) holds
+    no mapcount, the slots never hold more than the large mapcount, and a folio not marked
+    "maybe mapped shared" has one slot holding every mapping (what COW reuse relies on)."""
+    slots = f.mm_ids
+    assert slots is not None
+    for i in (0, 1):
+        if slots.mapcounts[i] < 0 or (slots.ids[i] == 0 and slots.mapcounts[i]):
+            bad("mm-id", f"slot {i}: mm {slots.ids[i]} with mapcount {slots.mapcounts[i]}")
+    total = f.large_mapcount
+    if sum(slots.mapcounts) > total:
+        bad("mm-id", f"slots hold {slots.mapcounts} mappings, large mapcount {total}")
+    if total and not slots.shared and total not in slots.mapcounts:
+        bad("mm-id", f"not maybe-shared, yet no slot holds all {total} ({slots.mapcounts})")
 
 
 def _check_anon(k: Kernel, f: Folio, t: Tally, bad: Callable[[str, str], None]) -> None:

@@ -39,6 +39,12 @@ _CATALOGUE: list[tuple[str, str, Variant, dict[str, bool]]] = [
         {"cow_keeps_exclusive": True},
     ),
     (
+        "dup-skips-mm-id",
+        "__folio_dup_file_rmap adds to the large mapcount but not to the child's MM-id slot",
+        MAINLINE,
+        {"dup_skips_mm_id": True},
+    ),
+    (
         "deferred-never-queues",
         "deferred_split_folio never queues",
         MAINLINE,

@@ -22,6 +22,7 @@ from typing import Any
 from foliosim.kernel import dax, rmap
 from foliosim.kernel.kernel import Kernel
 from foliosim.kernel.physmem import Folio
+from foliosim.kernel.rmap import folio_maybe_mapped_shared
 from foliosim.scenario.queries import page_field, resolve
 from foliosim.scenario.runner import Run, execute
 from foliosim.scenario.statements import parse_text
@@ -156,21 +157,6 @@ QUERY_FIELDS = (
     "rss.file",
     "vmstat.nr_mapped",
 )
-
-
-def folio_maybe_mapped_shared(k: Kernel, folio: Folio) -> bool:
-    """folio_maybe_mapped_shared() (include/linux/mm.h, 7.1.8), from the counters.
-
-    Small folio: mapcount > 1. Large: a mapcount of at most 1 is "exclusive"; above that the
-    answer is the FOLIO_MM_IDS_SHARED bit of _mm_ids, which CONFIG_MM_ID sets once a second
-    mm maps the folio (the model stands it in with "entries from more than one mm").
-    """
-    mapcount = folio.folio_mapcount()
-    if not folio.large:
-        return mapcount > 1
-    if mapcount <= 1:
-        return False
-    return len({ref.mm.id for ref in k.rmap_walk(folio)}) > 1
 
 
 def dax_busy_page(folio: Folio) -> bool:
@@ -336,7 +322,7 @@ B: munmap o 2M
     # Force it: what __folio_add_rmap's PMD branch would do had the check not stopped it.
     k.folio_get(folio)
     folio.entire_mapcount += 1
-    folio.large_mapcount += 1
+    rmap.folio_add_return_large_mapcount(folio, 1, vma_b)
     k.vmstat.mod("nr_file_pmdmapped", folio.nr_pages)
     b.mm.rss[0] += k.config.pmd_nr
     b.mm.pgtables.pmd_leaves[base >> k.geometry.pmd_shift] = Leaf(folio, write=True, dirty=True)

@@ -47,6 +47,7 @@ class Variant:
     pud_rmap_as_pages: bool = False
     deferred_split_never_queues: bool = False
     cow_keeps_exclusive: bool = False
+    dup_skips_mm_id: bool = False
     split_pud_forgets_put: bool = False
     zap_pud_forgets_rss: bool = False
     fork_skips_pmd_dup: bool = False

@@ -144,8 +144,8 @@ def test_try_dup_anon_refuses_pinned_exclusive() -> None:
     folio = k.physmem.alloc_folio(0)
     vma = file_vma(k)
     rmap.folio_add_new_anon_rmap(k, folio, vma)
-    assert not rmap.folio_try_dup_anon_rmap_ptes(k, folio, 0, 1, maybe_pinned=True)
+    assert not rmap.folio_try_dup_anon_rmap_ptes(k, folio, 0, 1, vma, maybe_pinned=True)
     assert folio.mapcount_small == 1
-    assert rmap.folio_try_dup_anon_rmap_ptes(k, folio, 0, 1, maybe_pinned=False)
+    assert rmap.folio_try_dup_anon_rmap_ptes(k, folio, 0, 1, vma, maybe_pinned=False)
     assert folio.mapcount_small == 2
     assert not folio.page_exclusive(0)

@@ -99,7 +99,7 @@ def copy_huge_pmd(k: Kernel, dst: VMA, src: VMA, pmd_no: int) -> bool:
     if k.variant.fork_skips_pmd_dup:
         ok = True
     else:
-        ok = rmap.folio_try_dup_anon_rmap_pmd(k, folio, maybe_pinned)
+        ok = rmap.folio_try_dup_anon_rmap_pmd(k, folio, dst, maybe_pinned)
     if not ok:
         __split_huge_pmd(k, src, pmd_no << k.geometry.pmd_shift)
         return False
@@ -226,13 +226,13 @@ def _copy_run(
         return
     if folio.anon:
         maybe_pinned = src.mm.has_pinned and folio.maybe_dma_pinned()
-        if not rmap.folio_try_dup_anon_rmap_ptes(k, folio, page, nr, maybe_pinned):
+        if not rmap.folio_try_dup_anon_rmap_ptes(k, folio, page, nr, dst, maybe_pinned):
             # copy_present_page(): copy each page for the child now, parent untouched.
             for off in range(nr):
                 _copy_present_page(k, dst, dtable, slot + off, folio, page + off)
             return
     elif k.variant.dax_mapcount or not folio.zone_device:
-        rmap.folio_dup_file_rmap_ptes(k, folio, page, nr)
+        rmap.folio_dup_file_rmap_ptes(k, folio, page, nr, dst)
     if not k.variant.fork_pte_skips_ref:
         k.folio_get(folio, nr)
     dst.mm.rss[mm_counter(folio)] += nr

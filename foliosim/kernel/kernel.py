@@ -154,6 +154,13 @@ class Kernel:
         """__folio_put(): checks of free_pages_prepare (bad page state) then free."""
         if folio.folio_mapped():
             self.reports.add("BUG", "free_pages_prepare", f"Bad page state: {folio!r} still mapped")
+        elif folio.mm_ids is not None:
+            for i in (0, 1):  # free_tail_page_prepare (mm/page_alloc.c) with CONFIG_MM_ID
+                if folio.mm_ids.mapcounts[i]:
+                    self.reports.add(
+                        "BUG", "free_pages_prepare", f"Bad page state: nonzero mm mapcount {i}"
+                    )
+                    break
         if folio.anon:
             # The mTHP counter MTHP_STAT_NR_ANON is maintained at free; no vmstat item here.
             folio.anon = False

@@ -16,7 +16,7 @@ from foliosim.kernel.filemap import filemap_fault, filemap_map_pages
 from foliosim.kernel.mm import MM_ANONPAGES, VM
 from foliosim.kernel.pgtable import PTE_DIRTY, PTE_SPECIAL, PTE_WRITE, PTE_YOUNG
 from foliosim.kernel.physmem import Folio
-from foliosim.kernel.walk import has_guard_marker, mappings_of
+from foliosim.kernel.walk import has_guard_marker
 
 if TYPE_CHECKING:
     from foliosim.kernel.kernel import Kernel, Task
@@ -373,17 +373,25 @@ def wp_can_reuse_anon_folio(k: Kernel, folio: Folio, vma: VMA) -> bool:
 
     Small folio: reusable when our mapping holds the only reference. Large folio
     (__wp_can_reuse_large_anon_folio, CONFIG_MM_ID): never when at most one page is mapped
-    (copy it so the large folio can be freed); otherwise reusable when every reference is a
-    mapping and all of them are in this mm — the model counts this mm's entries instead of
-    reading the MM-id "shared" bit (which can stay set after a third mm came and went).
+    (copy it so the large folio can be freed), nor when the MM-id "maybe mapped shared" bit
+    is set; otherwise reusable when every reference is a mapping (the bit clear means they
+    are all in one mm: ours). Its VM_WARN_ON_ONCEs are recorded. Left out: swapcache.
     """
     if not folio.large:
         return folio.refcount == 1
-    if folio.large_mapcount <= 1 or folio.refcount != folio.large_mapcount:
+    slots = folio.mm_ids
+    if folio.large_mapcount <= 1 or slots is None or slots.shared:
         return False
-    geo = k.geometry
-    ours = mappings_of([vma.mm], folio, geo.pmd_shift, geo.pud_shift, geo.page_shift)
-    return len(ours) == folio.large_mapcount
+    if folio.large_mapcount != folio.refcount:
+        return False
+    site = "__wp_can_reuse_large_anon_folio"
+    if folio.large_mapcount > folio.nr_pages:
+        k.reports.vm_warn(site, f"large mapcount above nr_pages: {folio!r}", once=True)
+    if folio.entire_mapcount:
+        k.reports.vm_warn(site, f"PTE write fault on an entire-mapped {folio!r}", once=True)
+    if vma.mm.id not in slots.ids:
+        k.reports.vm_warn(site, f"mm {vma.mm.id} holds no MM-id slot of {folio!r}", once=True)
+    return True
 
 
 def wp_page_copy(k: Kernel, vma: VMA, addr: int, old: Folio, page: int) -> str | None:

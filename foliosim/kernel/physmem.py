@@ -31,6 +31,20 @@ FOLIO_PAGES_MAPPED = ENTIRELY_MAPPED - 1
 GUP_PIN_COUNTING_BIAS = 1 << 10
 
 
+class MmIdSlots:
+    """folio->_mm_id[2], _mm_id_mapcount[2] and the FOLIO_MM_IDS_SHARED bit of _mm_ids
+    (include/linux/mm_types.h, 7.1.8): the two mms a large folio's mappings are tracked for.
+    Mapcounts are values (the kernel stores value-1: a free slot reads -1 there, 0 here);
+    an id of 0 is MM_ID_DUMMY (a free slot; the model's mm ids start at 1 like MM_ID_MIN)."""
+
+    __slots__ = ("ids", "mapcounts", "shared")
+
+    def __init__(self) -> None:
+        self.ids = [0, 0]
+        self.mapcounts = [0, 0]
+        self.shared = False
+
+
 class Folio:
     """A folio: 2**order contiguous pages starting at ``pfn``, with the kernel's counters."""
 
@@ -48,6 +62,7 @@ class Folio:
         "lru",
         "mapcount_small",
         "mapping",
+        "mm_ids",
         "nr_pages",
         "nr_pages_mapped_raw",
         "order",
@@ -78,6 +93,8 @@ class Folio:
         self.mapcount_small = 0
         self.entire_mapcount = 0
         self.large_mapcount = 0
+        # CONFIG_MM_ID slots of a large folio (MmIdSlots), made when it is first mapped.
+        self.mm_ids: MmIdSlots | None = None
         self.nr_pages_mapped_raw = 0
         self.page_mapcounts: np.ndarray[Any, Any] | None = None
         self.pincount = 0

@@ -4,8 +4,9 @@ Models mm/rmap.c and include/linux/rmap.h of Linux 7.1.8: __folio_add_rmap,
 __folio_remove_rmap, __folio_mod_stat, the file/anon wrappers at PTE, PMD and PUD level,
 folio_add_new_anon_rmap and the fork-time duplication helpers. Left out: the rmap *walk*
 (anon_vma chains, i_mmap trees: the model finds mappings by scanning page tables), mlock
-accounting, KSM, hugetlb, and the MM-id "maybe mapped shared" slots of CONFIG_MM_ID (the
-model answers folio_maybe_mapped_shared from the mapping list instead).
+accounting, KSM and hugetlb. The large mapcount moves through the CONFIG_MM_ID helpers
+(folio_set/add/sub_large_mapcount), which keep the two MM-id slots and the "maybe mapped
+shared" bit that COW reuse and folio_maybe_mapped_shared() read.
 
 Counters are values, not the kernel's value-1 encoding (see physmem).
 """
@@ -15,7 +16,7 @@ from __future__ import annotations
 from enum import IntEnum
 from typing import TYPE_CHECKING
 
-from foliosim.kernel.physmem import ENTIRELY_MAPPED, FOLIO_PAGES_MAPPED, Folio
+from foliosim.kernel.physmem import ENTIRELY_MAPPED, FOLIO_PAGES_MAPPED, Folio, MmIdSlots
 
 if TYPE_CHECKING:
     from foliosim.kernel.kernel import Kernel
@@ -64,6 +65,82 @@ def _sanity_checks(k: Kernel, folio: Folio, nr_pages: int, level: Level, site: s
     return ok
 
 
+# ---- CONFIG_MM_ID large mapcount (include/linux/rmap.h, 7.1.8) -----------------------------
+def folio_set_large_mapcount(folio: Folio, mapcount: int, vma: VMA) -> None:
+    """folio_set_large_mapcount(): a new folio's first mappings, all owned by vma's mm."""
+    slots = folio.mm_ids = MmIdSlots()
+    folio.large_mapcount = mapcount
+    slots.mapcounts[0] = mapcount
+    slots.ids[0] = vma.mm.id
+
+
+def folio_add_return_large_mapcount(folio: Folio, diff: int, vma: VMA) -> int:
+    """folio_add_return_large_mapcount() (folio_add/inc_large_mapcount), 64-bit: the mm's
+    slot grows; an mm without a slot takes a free one, and the folio is marked maybe mapped
+    shared unless that mm now holds every mapping; with both slots taken by other mms only
+    the total moves (the shared bit was set when the second slot was taken)."""
+    slots = folio.mm_ids
+    if slots is None:
+        slots = folio.mm_ids = MmIdSlots()
+    mm_id = vma.mm.id
+    new = folio.large_mapcount + diff
+    folio.large_mapcount = new
+    ids = slots.ids
+    if ids[0] == mm_id:
+        slots.mapcounts[0] += diff
+    elif ids[1] == mm_id:
+        slots.mapcounts[1] += diff
+    elif ids[0] == 0:
+        ids[0] = mm_id
+        slots.mapcounts[0] = diff
+        if new != diff:  # other mappings exist already
+            slots.shared = True
+    elif ids[1] == 0:
+        ids[1] = mm_id
+        slots.mapcounts[1] = diff
+        slots.shared = True  # slot 0 certainly has mappings as well
+    return new
+
+
+def folio_sub_return_large_mapcount(folio: Folio, diff: int, vma: VMA) -> int:
+    """folio_sub_return_large_mapcount() (folio_sub/dec_large_mapcount): the mm's slot
+    shrinks and is freed when it reaches zero (or would go below: mappings added while no slot
+    was free); then, if one slot holds every remaining mapping (or none is left), the folio is
+    exclusive again. An mm without a slot leaves the bit alone unless a slot now holds all."""
+    slots = folio.mm_ids
+    if slots is None:
+        slots = folio.mm_ids = MmIdSlots()
+    mm_id = vma.mm.id
+    new = folio.large_mapcount - diff
+    folio.large_mapcount = new
+    ids, counts = slots.ids, slots.mapcounts
+    for i in (0, 1):
+        if ids[i] == mm_id:
+            counts[i] -= diff
+            if counts[i] > 0:
+                return new
+            counts[i] = 0
+            ids[i] = 0
+            break
+    if counts[0] == new or counts[1] == new:
+        slots.shared = False
+    return new
+
+
+def folio_maybe_mapped_shared(k: Kernel, folio: Folio) -> bool:
+    """folio_maybe_mapped_shared() (include/linux/mm.h, 7.1.8): a small folio is shared when
+    mapped more than once; a large one without CONFIG_MM_ID always "maybe" is; with it, one
+    mapping means exclusive, more the FOLIO_MM_IDS_SHARED bit."""
+    mapcount = folio.folio_mapcount()
+    if not folio.large:
+        return mapcount > 1
+    if not k.config.enabled("MM_ID"):
+        return True
+    if mapcount <= 1:
+        return False
+    return folio.mm_ids is not None and folio.mm_ids.shared
+
+
 def __folio_mod_stat(k: Kernel, folio: Folio, nr: int, nr_pmdmapped: int) -> None:
     """__folio_mod_stat() (mm/rmap.c, 7.1.8): NR_ANON_MAPPED/NR_FILE_MAPPED by ``nr``;
     NR_ANON_THPS, NR_SHMEM_PMDMAPPED or NR_FILE_PMDMAPPED by ``nr_pmdmapped``."""
@@ -100,7 +177,7 @@ def __folio_add_rmap(
             folio.mapcount_small += 1
             nr = 1 if folio.mapcount_small == 1 else 0
         elif not k.config.page_mapcount:
-            folio.large_mapcount += nr_pages
+            folio_add_return_large_mapcount(folio, nr_pages, vma)
             nr = folio.nr_pages if folio.large_mapcount == nr_pages else 0
         else:
             counts = folio.mapcounts_array()
@@ -111,7 +188,7 @@ def __folio_add_rmap(
                 folio.nr_pages_mapped_raw += first
                 if folio.nr_pages_mapped_raw < ENTIRELY_MAPPED:
                     nr = first
-            folio.large_mapcount += nr_pages
+            folio_add_return_large_mapcount(folio, nr_pages, vma)
     else:
         if variant.pud_rmap_as_pages and level == Level.PUD:
             # Mutant: a PUD rmap that bumps every page's mapcount as PTEs would.
@@ -122,7 +199,7 @@ def __folio_add_rmap(
         if not k.config.page_mapcount:
             if counts_pmd and first:
                 nr_pmdmapped = folio.nr_pages
-            folio.large_mapcount += 1
+            folio_add_return_large_mapcount(folio, 1, vma)
             nr = folio.nr_pages if folio.large_mapcount == 1 else 0
         else:
             if first:
@@ -132,7 +209,7 @@ def __folio_add_rmap(
                     if counts_pmd:
                         nr_pmdmapped = folio.nr_pages
                     nr = max(folio.nr_pages - (raw & FOLIO_PAGES_MAPPED), 0)
-            folio.large_mapcount += 1
+            folio_add_return_large_mapcount(folio, 1, vma)
     __folio_mod_stat(k, folio, nr, nr_pmdmapped)
     return True
 
@@ -157,7 +234,7 @@ def __folio_remove_rmap(
             folio.mapcount_small -= 1
             nr = 1 if folio.mapcount_small == 0 else 0
         elif not k.config.page_mapcount:
-            folio.large_mapcount -= nr_pages
+            folio_sub_return_large_mapcount(folio, nr_pages, vma)
             if folio.large_mapcount == 0:
                 nr = folio.nr_pages
             else:
@@ -165,7 +242,7 @@ def __folio_remove_rmap(
                     folio.large_mapcount < folio.nr_pages and folio.entire_mapcount == 0
                 )
         else:
-            folio.large_mapcount -= nr_pages
+            folio_sub_return_large_mapcount(folio, nr_pages, vma)
             counts = folio.mapcounts_array()
             window = counts[page : page + nr_pages]
             window -= 1
@@ -185,13 +262,13 @@ def __folio_remove_rmap(
             last = folio.entire_mapcount == 0
             if counts_pmd and last:
                 nr_pmdmapped = folio.nr_pages
-            folio.large_mapcount -= 1
+            folio_sub_return_large_mapcount(folio, 1, vma)
             if folio.large_mapcount == 0:
                 nr = folio.nr_pages
             else:
                 partially_mapped = last and folio.large_mapcount < folio.nr_pages
         else:
-            folio.large_mapcount -= 1
+            folio_sub_return_large_mapcount(folio, 1, vma)
             folio.entire_mapcount -= 1
             if folio.entire_mapcount == 0:
                 folio.nr_pages_mapped_raw -= ENTIRELY_MAPPED
@@ -298,11 +375,11 @@ def folio_add_new_anon_rmap(k: Kernel, folio: Folio, vma: VMA, exclusive: bool =
             folio.nr_pages_mapped_raw = nr
         if exclusive:
             folio.exclusive_array()[:] = True
-        folio.large_mapcount = nr
+        folio_set_large_mapcount(folio, nr, vma)
     else:
         nr = folio.nr_pages
         folio.entire_mapcount = 1
-        folio.large_mapcount = 1
+        folio_set_large_mapcount(folio, 1, vma)
         if k.config.page_mapcount:
             folio.nr_pages_mapped_raw = ENTIRELY_MAPPED
         if exclusive:
@@ -335,28 +412,35 @@ def folio_add_anon_rmap_pud(k: Kernel, folio: Folio, vma: VMA) -> None:
 
 
 # ---- fork-time duplication (include/linux/rmap.h) -------------------------------------------
-def folio_dup_file_rmap_ptes(k: Kernel, folio: Folio, page: int, nr: int) -> None:
-    """__folio_dup_file_rmap() at PTE level: mapcounts only, no _nr_pages_mapped, no vmstat."""
+def folio_dup_file_rmap_ptes(k: Kernel, folio: Folio, page: int, nr: int, dst: VMA) -> None:
+    """__folio_dup_file_rmap() at PTE level: mapcounts only (the large one in dst's MM-id
+    slot), no _nr_pages_mapped, no vmstat."""
     if not folio.large:
         folio.mapcount_small += 1
         return
     if k.config.page_mapcount:
         folio.mapcounts_array()[page : page + nr] += 1
-    folio.large_mapcount += nr
+    if k.variant.dup_skips_mm_id:
+        folio.large_mapcount += nr  # mutant: the slots never hear of the child
+    else:
+        folio_add_return_large_mapcount(folio, nr, dst)
 
 
-def folio_dup_file_rmap_pmd(k: Kernel, folio: Folio) -> None:
+def folio_dup_file_rmap_pmd(k: Kernel, folio: Folio, dst: VMA) -> None:
     """The PMD/PUD case of __folio_dup_file_rmap(): entire and large mapcount + 1 each.
 
     (7.1.8's folio_dup_file_rmap_pmd wrapper passes PTE level and has no callers; the model
     uses the level-correct form for the entire mappings it duplicates.)
     """
     folio.entire_mapcount += 1
-    folio.large_mapcount += 1
+    if k.variant.dup_skips_mm_id:
+        folio.large_mapcount += 1  # mutant: the slots never hear of the child
+    else:
+        folio_add_return_large_mapcount(folio, 1, dst)
 
 
 def folio_try_dup_anon_rmap_ptes(
-    k: Kernel, folio: Folio, page: int, nr: int, maybe_pinned: bool
+    k: Kernel, folio: Folio, page: int, nr: int, dst: VMA, maybe_pinned: bool
 ) -> bool:
     """__folio_try_dup_anon_rmap() at PTE level (include/linux/rmap.h, 7.1.8).
 
@@ -369,16 +453,16 @@ def folio_try_dup_anon_rmap_ptes(
     if exclusive is not None:
         if not k.variant.cow_keeps_exclusive:
             exclusive[page : page + nr] = False
-    folio_dup_file_rmap_ptes(k, folio, page, nr)
+    folio_dup_file_rmap_ptes(k, folio, page, nr, dst)
     return True
 
 
-def folio_try_dup_anon_rmap_pmd(k: Kernel, folio: Folio, maybe_pinned: bool) -> bool:
+def folio_try_dup_anon_rmap_pmd(k: Kernel, folio: Folio, dst: VMA, maybe_pinned: bool) -> bool:
     """__folio_try_dup_anon_rmap() at PMD level: head exclusive + maybe pinned -> -EBUSY."""
     if folio.page_exclusive(0):
         if maybe_pinned:
             return False
         if not k.variant.cow_keeps_exclusive:
             folio.exclusive_array()[0] = False
-    folio_dup_file_rmap_pmd(k, folio)
+    folio_dup_file_rmap_pmd(k, folio, dst)
     return True

@@ -26,6 +26,7 @@ from foliosim.kernel.pgtable import (
     PTE_SPECIAL,
     PTE_YOUNG,
 )
+from foliosim.kernel.rmap import folio_maybe_mapped_shared
 
 if TYPE_CHECKING:
     from foliosim.kernel.kernel import Kernel, Task
@@ -204,16 +205,6 @@ class MemSizeStats:
     def add(self, other: MemSizeStats) -> None:
         for f in fields(self):
             setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
-
-
-def folio_maybe_mapped_shared(k: Kernel, folio: Folio) -> bool:
-    """folio_maybe_mapped_shared() (include/linux/mm.h, 7.1.8): small folios by mapcount,
-    large ones by whether more than one mm maps them (the kernel tracks up to two mm ids)."""
-    if not folio.large:
-        return folio.mapcount_small > 1
-    if folio.entire_mapcount > 1:
-        return True
-    return len({r.mm.id for r in k.rmap_walk(folio) if r.leaf is None or not r.leaf.special}) > 1
 
 
 def smaps_page_accumulate(

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from foliosim.kernel.mm import MM_ANONPAGES, MM_FILEPAGES, MM_SHMEMPAGES, MM_SWAPENTS
 from foliosim.kernel.reports import EVENTS, NODE_STATS, THP_ONLY, THP_PRINTED_PER_PMD
+from foliosim.kernel.rmap import folio_maybe_mapped_shared
 from foliosim.scenario.parser import Query
 
 if TYPE_CHECKING:
@@ -106,7 +107,7 @@ def folio_field(k: Kernel, f: Folio, field: str, special: bool) -> QValue:
     if field == "pfn":
         return f.pfn
     if field == "maybe_mapped_shared":
-        return int(len({r.mm.id for r in k.rmap_walk(f)}) > 1)
+        return int(folio_maybe_mapped_shared(k, f))
     flag = {
         "dirty": f.dirty,
         "referenced": f.referenced,
