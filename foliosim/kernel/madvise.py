@@ -14,6 +14,7 @@ from foliosim.kernel.huge_memory_split import split_folio
 from foliosim.kernel.mm import VM, AnonVma
 from foliosim.kernel.mmap import SyscallError, page_align, split_vma_at
 from foliosim.kernel.pgtable import PTE_MARKER_GUARD
+from foliosim.kernel.rmap import folio_maybe_mapped_shared
 from foliosim.kernel.zap import unmap_page_range
 
 if TYPE_CHECKING:
@@ -135,13 +136,13 @@ def _large_anon_folios(k: Kernel, vma: VMA, start: int, end: int) -> list[tuple[
 
 def madvise_free(k: Kernel, vma: VMA, start: int, end: int) -> None:
     """madvise_free_single_vma() (mm/madvise.c, mm/huge_memory.c madvise_free_huge_pmd, 7.1.8):
-    a large folio only partly covered (and mapped by this mm alone) is split; covered folios
+    a large folio only partly covered and not folio_maybe_mapped_shared() is split; covered folios
     become clean lazy-free folios. Nothing is freed until reclaim, so RSS is unchanged."""
     from foliosim.kernel.physmem import Folio
 
     for folio, whole in _large_anon_folios(k, vma, start, end):
         assert isinstance(folio, Folio)
-        if not whole and all(m.mm is vma.mm for m in k.rmap_walk(folio)):
+        if not whole and not folio_maybe_mapped_shared(k, folio):
             split_folio(k, folio)
         elif whole:
             folio.dirty = False
@@ -150,14 +151,15 @@ def madvise_free(k: Kernel, vma: VMA, start: int, end: int) -> None:
 def madvise_pageout(k: Kernel, vma: VMA, start: int, end: int) -> None:
     """madvise_pageout() -> reclaim_pages() -> shrink_folio_list() (mm/vmscan.c, 7.1.8) with
     no swap: anonymous large folios cannot get swap space and are split
-    (split_folio_to_list) and kept; small anon folios stay mapped. Page-cache pages mapped
+    (split_folio_to_list) and kept unless folio_maybe_mapped_shared(); small anon folios stay
+    mapped. Page-cache pages mapped
     only by this mm are unmapped and, if clean, dropped from the cache."""
     from foliosim.kernel.physmem import Folio
 
     if vma.is_anonymous and k.config.swap_bytes == 0:
         for folio, _whole in _large_anon_folios(k, vma, start, end):
             assert isinstance(folio, Folio)
-            if all(m.mm is vma.mm for m in k.rmap_walk(folio)):
+            if not folio_maybe_mapped_shared(k, folio):
                 split_folio(k, folio)
 
 
