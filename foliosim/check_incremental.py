@@ -11,8 +11,10 @@ one folio's check whatever the size of the model.
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import defaultdict
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from foliosim.check import (
     Tally,
@@ -23,7 +25,8 @@ from foliosim.check import (
     _rss_index,
     check_deposits,
 )
-from foliosim.kernel.physmem import Folio
+from foliosim.kernel.pgtable import PTE_SPECIAL, PteTable
+from foliosim.kernel.physmem import GUP_PIN_COUNTING_BIAS, Folio
 
 if TYPE_CHECKING:
     from foliosim.kernel.kernel import Kernel
@@ -45,11 +48,11 @@ class IncrementalChecker:
         self.k = k
         self.tallies: dict[int, Tally] = defaultdict(Tally)
         self.folios: dict[int, Folio] = {}
-        self.table_runs: dict[tuple[int, int], tuple[object, int, list[Run]]] = {}
+        self.snapshots: dict[tuple[int, int], Snapshot] = {}
         self.known_keys: dict[int, set[int]] = {}
         self.leaves: dict[tuple[int, str, int], tuple[Folio, int]] = {}
         self.rss: dict[int, list[int]] = {}
-        self.contrib: dict[int, dict[str, int]] = {}
+        self.contrib: dict[int, tuple[tuple[str, int], ...]] = {}
         self.totals: dict[str, int] = defaultdict(int)
 
     # ---- tally maintenance -------------------------------------------------------------
@@ -96,34 +99,27 @@ class IncrementalChecker:
             # New slots, and every slot a changed table sits at or sat at (a table freed and
             # replaced within one statement is caught by the identity check below).
             todo = (keys_now - known) | {t.pmd_no for t in changed if t.pmd_no in keys_now}
-            for pmd_no in known - keys_now:  # tables freed: their runs go
-                old = self.table_runs.pop((mm.id, pmd_no), None)
+            for pmd_no in known - keys_now:  # tables freed: their entries go
+                old = self.snapshots.pop((mm.id, pmd_no), None)
                 if old is not None:
-                    self._apply_runs(mm.id, old[2], -1, dirty)
+                    self._apply_runs(mm.id, old.runs(), -1, dirty)
         self.known_keys[mm.id] = keys_now
         for pmd_no in todo:
             table = pgt.pte_tables[pmd_no]
             key = (mm.id, pmd_no)
-            old = self.table_runs.get(key)
-            # A table freed and allocated again starts its version afresh: compare identity.
-            if old is not None and old[0] is table and old[1] == table.version:
-                continue
-            runs = [
-                (f, page, nr, _rss_index(f))
-                for _, nr, f, page, special in table.runs()
-                if not special
-            ]
-            if old is None or old[0] is not table:
-                if old is not None:
-                    self._apply_runs(mm.id, old[2], -1, dirty)
-                self._apply_runs(mm.id, runs, +1, dirty)
+            snap = self.snapshots.get(key)
+            if snap is None or snap.table is not table:
+                if snap is not None:  # a table freed and allocated again: all new
+                    self._apply_runs(mm.id, snap.runs(), -1, dirty)
+                snap = self.snapshots[key] = Snapshot(table)
+                lo, hi = 0, table.folios.shape[0]
             else:
-                # Only the runs that changed move tallies (and make their folios dirty): a
-                # table of 512 small folios where one entry changed costs one folio's check.
-                removed, added = _run_difference(old[2], runs)
+                lo, hi = table.lo, table.hi
+            table.lo, table.hi = table.folios.shape[0], 0
+            if lo < hi:
+                removed, added = snap.update(lo, hi)
                 self._apply_runs(mm.id, removed, -1, dirty)
                 self._apply_runs(mm.id, added, +1, dirty)
-            self.table_runs[key] = (table, table.version, runs)
         for level, leaves in (("pud", mm.pgtables.pud_leaves), ("pmd", mm.pgtables.pmd_leaves)):
             for n, leaf in leaves.items():
                 if leaf.special:
@@ -149,9 +145,9 @@ class IncrementalChecker:
         live_ids = {mm.id for mm in live}
         for mm_id in [m for m in self.known_keys if m not in live_ids]:  # exited mms
             for pmd_no in self.known_keys.pop(mm_id):
-                old = self.table_runs.pop((mm_id, pmd_no), None)
+                old = self.snapshots.pop((mm_id, pmd_no), None)
                 if old is not None:
-                    self._apply_runs(mm_id, old[2], -1, dirty)
+                    self._apply_runs(mm_id, old.runs(), -1, dirty)
         for key3 in [key for key in self.leaves if key not in seen_leaves]:
             folio, counter = self.leaves.pop(key3)
             self._apply_leaf(key3[0], key3[1], folio, counter, -1, dirty)
@@ -168,15 +164,19 @@ class IncrementalChecker:
         k.touched.clear()
         out: list[Violation] = []
         gets = _extra_refs(k) if getattr(k, "pinsets", None) else {}
+        tallies = self.tallies
         for key in dirty:
             folio = self.folios[key]
-            tally = self.tallies.get(key, _NO_TALLY)
-            out.extend(_check_folio(k, folio, tally, gets.get(key, 0)))
+            tally = tallies.get(key, _NO_TALLY)
+            if folio.large or folio.freed or folio.zero or folio.pgmap is not None or gets:
+                out.extend(_check_folio(k, folio, tally, gets.get(key, 0)))
+            elif not _small_folio_ok(folio, tally):
+                out.extend(_check_folio(k, folio, tally, 0))  # for the full diagnosis
             if key in moved or folio.freed:
                 self._restat(key, folio, tally)
             if folio.freed and not tally.pte_total + tally.pmds + tally.puds:
                 self.folios.pop(key, None)
-                self.tallies.pop(key, None)
+                tallies.pop(key, None)
         for item in STAT_ITEMS:
             have = k.vmstat.counters.get(item, 0)
             if have != self.totals[item]:
@@ -199,15 +199,22 @@ class IncrementalChecker:
         return out
 
     def _restat(self, key: int, folio: Folio, tally: Tally) -> None:
-        old = self.contrib.pop(key, {})
-        for item, value in old.items():
-            self.totals[item] -= value
+        totals = self.totals
+        for item, value in self.contrib.pop(key, ()):
+            totals[item] -= value
+        if not folio.large and not folio.zero and not folio.freed:
+            # _add_stats for an order-0 folio: one page mapped or not.
+            if tally.pte_total:
+                item = "nr_anon_pages" if folio.anon else "nr_mapped"
+                self.contrib[key] = ((item, 1),)
+                totals[item] += 1
+            return
         new: dict[str, int] = defaultdict(int)
         _add_stats(self.k, folio, tally, new)
         if new:
-            self.contrib[key] = dict(new)
+            self.contrib[key] = tuple(new.items())
             for item, value in new.items():
-                self.totals[item] += value
+                totals[item] += value
 
     def _check_queue(self, dirty: set[int]) -> list[Violation]:
         out = []
@@ -228,23 +235,115 @@ class IncrementalChecker:
 _NO_TALLY = Tally()  # read-only stand-in for folios no entry maps
 
 
-def _run_difference(old: list[Run], new: list[Run]) -> tuple[list[Run], list[Run]]:
-    """Runs only in ``old`` and runs only in ``new``, as multisets (one page of one folio may
-    be mapped by two entries of a table)."""
+def _small_folio_ok(f: Folio, t: Tally) -> bool:
+    """_check_folio's verdict for a live order-0 RAM folio with no `pin ... get` references,
+    without building messages: references = PTEs + page cache + pins, mapcount = PTEs, and
+    AnonExclusive only while mapped once."""
+    mapping = f.mapping
+    in_cache = 0
+    if not f.anon and mapping is not None and getattr(mapping, "cache", {}).get(f.index) is f:
+        in_cache = 1
+    if f.refcount != t.pte_total + in_cache + f.pins_small * GUP_PIN_COUNTING_BIAS:
+        return False
+    if f.mapcount_small != t.pte_total:
+        return False
+    exclusive = f.anon_exclusive
+    return not (f.anon and exclusive is not None and exclusive[0] and t.pte_total > 1)
 
-    def keyed(runs: list[Run]) -> Counter[tuple[int, int, int, int]]:
-        return Counter((id(f), page, nr, counter) for f, page, nr, counter in runs)
 
-    by_key = {(id(r[0]), r[1], r[2], r[3]): r for r in (*old, *new)}
-    before, after = keyed(old), keyed(new)
-    removed = [by_key[k] for k, n in (before - after).items() for _ in range(n)]
-    added = [by_key[k] for k, n in (after - before).items() for _ in range(n)]
-    return removed, added
+class Snapshot:
+    """What the checker last counted in one PTE table: per slot the folio, its page index and
+    the RSS counter it was tallied under (-1: nothing tallied: none, a marker or a special
+    entry such as the zero page). Only the slots the table marked changed are compared."""
+
+    __slots__ = ("counters", "folios", "index", "table")
+
+    def __init__(self, table: PteTable) -> None:
+        n = table.folios.shape[0]
+        self.table = table
+        self.folios: np.ndarray[Any, Any] = np.full(n, None, dtype=object)
+        self.index: np.ndarray[Any, Any] = np.zeros(n, dtype=np.int32)
+        self.counters: np.ndarray[Any, Any] = np.full(n, -1, dtype=np.int8)
+
+    def runs(self) -> list[Run]:
+        """Everything this snapshot tallied, as runs."""
+        tallied = np.flatnonzero(self.counters >= 0)
+        return [r[:4] for r in _group(tallied, self.folios, self.index, self.counters)]
+
+    def update(self, lo: int, hi: int) -> tuple[list[Run], list[Run]]:
+        """Compare slots [lo, hi) with the table; returns the runs that went and came."""
+        table = self.table
+        if hi - lo == 1:  # one entry (most faults): no NumPy slicing
+            return self._update_one(lo)
+        new_f = table.folios[lo:hi]
+        new_i = table.index[lo:hi]
+        tallied = (new_f != None) & ((table.bits[lo:hi] & PTE_SPECIAL) == 0)  # noqa: E711
+        old_c = self.counters[lo:hi]
+        moved = (self.folios[lo:hi] != new_f) | (self.index[lo:hi] != new_i)
+        moved |= (old_c >= 0) != tallied
+        pos = np.flatnonzero(moved) + lo
+        if pos.size == 0:
+            return [], []
+        gone = pos[self.counters[pos] >= 0]
+        removed = _group(gone, self.folios, self.index, self.counters)
+        self.counters[pos] = -1
+        came = pos[tallied[pos - lo]]
+        self.folios[pos] = table.folios[pos]
+        self.index[pos] = table.index[pos]
+        added = _group(came, self.folios, self.index, None)
+        for _folio, _page, nr, counter, first in added:
+            self.counters[first : first + nr] = counter
+        return [r[:4] for r in removed], [r[:4] for r in added]
+
+    def _update_one(self, slot: int) -> tuple[list[Run], list[Run]]:
+        table = self.table
+        folio = table.folios[slot]
+        page = int(table.index[slot])
+        tallied = folio is not None and not table.bits[slot] & PTE_SPECIAL
+        old_c = int(self.counters[slot])
+        old_f = self.folios[slot]
+        if old_f is folio and int(self.index[slot]) == page and (old_c >= 0) == tallied:
+            return [], []
+        removed: list[Run] = [(old_f, int(self.index[slot]), 1, old_c)] if old_c >= 0 else []
+        self.folios[slot] = folio
+        self.index[slot] = page
+        if tallied:
+            counter = _rss_index(folio)
+            self.counters[slot] = counter
+            return removed, [(folio, page, 1, counter)]
+        self.counters[slot] = -1
+        return removed, []
+
+
+def _group(
+    pos: np.ndarray[Any, Any],
+    folios: np.ndarray[Any, Any],
+    index: np.ndarray[Any, Any],
+    counters: np.ndarray[Any, Any] | None,
+) -> list[tuple[Folio, int, int, int, int]]:
+    """Runs over the slots ``pos`` (ascending): consecutive slots mapping consecutive pages of
+    one folio (under one RSS counter). Each is (folio, first page, pages, counter, first slot);
+    without ``counters`` the counter is _rss_index of the folio."""
+    if pos.size == 0:
+        return []
+    objs = folios[pos]
+    idx = index[pos]
+    brk = np.ones(pos.size, dtype=np.bool_)
+    if pos.size > 1:
+        brk[1:] = (np.diff(pos) != 1) | (objs[1:] != objs[:-1]) | (np.diff(idx) != 1)
+        if counters is not None:
+            ctr = counters[pos]
+            brk[1:] |= ctr[1:] != ctr[:-1]
+    starts = np.flatnonzero(brk)
+    lengths = np.diff(np.append(starts, pos.size)).tolist()
+    heads = objs[starts].tolist()
+    ctrs = [_rss_index(f) for f in heads] if counters is None else counters[pos[starts]].tolist()
+    return list(zip(heads, idx[starts].tolist(), lengths, ctrs, pos[starts].tolist(), strict=True))
 
 
 def describe(checker: IncrementalChecker) -> dict[str, Any]:
     return {
         "folios": len(checker.folios),
-        "tables": len(checker.table_runs),
+        "tables": len(checker.snapshots),
         "leaves": len(checker.leaves),
     }

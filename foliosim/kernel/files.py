@@ -38,6 +38,9 @@ class BackingFile:
 
     def find_folio(self, index: int) -> Folio | None:
         """filemap_get_entry() for a present folio: the folio caching page ``index``."""
+        folio = self.cache.get(index)
+        if folio is not None:  # a folio whose first page is ``index`` (any order)
+            return folio
         for order in sorted(self.orders):
             folio = self.cache.get(index & ~((1 << order) - 1))
             if folio is not None and folio.order == order:

@@ -193,7 +193,7 @@ def _copy_small_anon(
     idx = np.array(slots, dtype=np.intp)
     if cow:
         stable.bits[idx] &= CLEAR_WRITE
-    dtable.bump()
+    dtable.bump(slots[0], slots[-1] + 1)  # slots ascend: runs() yields them in order
     dtable.present += len(folios) - int(np.count_nonzero(dtable.folios[idx]))
     dtable.folios[idx] = stable.folios[idx]
     dtable.index[idx] = stable.index[idx]

@@ -189,7 +189,7 @@ def do_anonymous_pages(
             folio.written = _TRUE1.copy()
     k.touched.update(folios)
     if done:
-        table.bump()
+        table.bump(first, first + done)
         window = table.folios[first : first + done]
         table.present += done - int(np.count_nonzero(window))
         window[:] = folios

@@ -50,7 +50,7 @@ class Leaf:
 class PteTable:
     """One page-table page of PTEs."""
 
-    __slots__ = ("bits", "changed", "folios", "index", "pmd_no", "present", "version")
+    __slots__ = ("bits", "changed", "folios", "hi", "index", "lo", "pmd_no", "present", "version")
 
     def __init__(self, n: int, changed: set[PteTable] | None = None, pmd_no: int = -1) -> None:
         self.pmd_no = pmd_no
@@ -58,14 +58,23 @@ class PteTable:
         # mm's ``changed`` set: the incremental invariant checker re-reads only those.
         self.version = 0
         self.changed = changed
+        # The slots [lo, hi) changed since the checker last looked (it resets them).
+        self.lo = n
+        self.hi = 0
         self.folios: np.ndarray[Any, Any] = np.full(n, None, dtype=object)
         self.index: np.ndarray[Any, Any] = np.zeros(n, dtype=np.int32)
         self.bits: np.ndarray[Any, Any] = np.zeros(n, dtype=np.uint8)
         self.present = 0
 
-    def bump(self) -> None:
-        """Note a change of the entries (see ``version``)."""
+    def bump(self, lo: int = 0, hi: int = -1) -> None:
+        """Note a change of the entries in slots [lo, hi) (default: all; see ``version``)."""
         self.version += 1
+        if lo < self.lo:
+            self.lo = lo
+        if hi < 0:
+            hi = self.folios.shape[0]
+        if hi > self.hi:
+            self.hi = hi
         if self.changed is not None:
             self.changed.add(self)
 
@@ -73,7 +82,7 @@ class PteTable:
         return self.folios[i] is None and not self.bits[i] & PTE_MARKER_GUARD
 
     def set(self, i: int, folio: Folio, index: int, bits: int) -> None:
-        self.bump()
+        self.bump(i, i + 1)
         if self.folios[i] is None:
             self.present += 1
         self.folios[i] = folio
@@ -82,7 +91,7 @@ class PteTable:
 
     def set_run(self, start: int, folio: Folio, first_index: int, nr: int, bits: int) -> None:
         """Map ``nr`` consecutive pages of one folio (set_ptes)."""
-        self.bump()
+        self.bump(start, start + nr)
         window = self.folios[start : start + nr]
         # count_nonzero on an object array tests each entry's truth in C: a folio is true.
         self.present += nr - int(np.count_nonzero(window))
@@ -91,7 +100,7 @@ class PteTable:
         self.bits[start : start + nr] = bits
 
     def clear(self, i: int) -> None:
-        self.bump()
+        self.bump(i, i + 1)
         if self.folios[i] is not None:
             self.present -= 1
         self.folios[i] = None
@@ -133,7 +142,7 @@ class PteTable:
         )
 
     def clear_range(self, start: int, end: int) -> None:
-        self.bump()
+        self.bump(start, end)
         window = self.folios[start:end]
         self.present -= int(np.count_nonzero(window))
         window[:] = None

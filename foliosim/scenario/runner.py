@@ -16,11 +16,29 @@ from foliosim.config import (
     make_geometry,
     resolve_options,
 )
-from foliosim.kernel import gup, madvise, memory, mmap, mprotect, mremap, process, truncate
+from foliosim.kernel import (
+    gup,
+    huge_memory,
+    madvise,
+    memory,
+    mmap,
+    mprotect,
+    mremap,
+    process,
+    truncate,
+)
 from foliosim.kernel.files import BackingFile
 from foliosim.kernel.huge_memory_split import deferred_split_scan
 from foliosim.kernel.kernel import Kernel, Task
+from foliosim.kernel.mm import VM
 from foliosim.kernel.mmap import SyscallError
+from foliosim.kernel.pgtable import (
+    PTE_DIRTY,
+    PTE_MARKER_GUARD,
+    PTE_SPECIAL,
+    PTE_WRITE,
+    PTE_YOUNG,
+)
 from foliosim.scenario.parser import Addr, Num, ScenarioError, Stmt, size_value
 from foliosim.scenario.queries import QValue, UnknownCounter
 from foliosim.variants import get_variant
@@ -412,8 +430,6 @@ def touch(k: Kernel, task: Task, start: int, length: int, write: bool) -> str | 
     """Touch every page of [start, start+length) like a program would: fault where the page
     is not mapped (or not writable for a write); a write leaves non-zero data in each page.
     Returns the signal that stopped it, if any."""
-    from foliosim.kernel.mm import VM
-
     page = k.page_size
     addr = start & ~(page - 1)
     end = start + max(length, 1)
@@ -464,9 +480,6 @@ def _anon_batch(k: Kernel, vma: Any, addr: int, end: int, write: bool) -> int:
     do_anonymous_page()'s order-0 path (see memory.do_anonymous_pages). Returns the number
     of pages faulted and touched; 0: no batch (or memory ran out: the caller faults the
     next page alone and sees the failure)."""
-    from foliosim.kernel import huge_memory
-    from foliosim.kernel.pgtable import PTE_MARKER_GUARD
-
     if not vma.is_anonymous or vma.shared:
         return 0
     geo = k.geometry
@@ -501,8 +514,6 @@ def _touch_pte_run(k: Kernel, table: Any, slot: int, addr: int, end: int, write:
     """Access present PTEs from ``slot`` on without faulting: the run stops at the first entry
     that needs a fault (none, or read-only for a write), the end of the range or the table.
     Young (and dirty, written) are set for the run; returns the number of pages touched."""
-    from foliosim.kernel.pgtable import PTE_DIRTY, PTE_SPECIAL, PTE_WRITE, PTE_YOUNG
-
     last = min(k.geometry.ptrs_per_pte, slot + ((end - addr + k.page_size - 1) >> k.page_shift))
     nxt = slot + 1
     if nxt >= last or table.folios[nxt] is None or (write and not table.bits[nxt] & PTE_WRITE):
