@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -36,13 +36,17 @@ class Violation:
         )
 
 
-@dataclass
 class Tally:
-    ptes: np.ndarray[Any, Any] | None = None  # PTE entries per page
-    pte_total: int = 0
-    pmds: int = 0
-    puds: int = 0
-    mms: set[int] = field(default_factory=set)
+    """What the page tables say about one folio: PTE entries per page (large folios only),
+    all PTE entries, PMD and PUD entries."""
+
+    __slots__ = ("pmds", "pte_total", "ptes", "puds")
+
+    def __init__(self) -> None:
+        self.ptes: np.ndarray[Any, Any] | None = None
+        self.pte_total = 0
+        self.pmds = 0
+        self.puds = 0
 
     def per_page(self, folio: Folio) -> np.ndarray[Any, Any]:
         if self.ptes is None:
@@ -85,7 +89,6 @@ def check_all(k: Kernel) -> list[Violation]:
                 f = leaf.folio
                 folios[id(f)] = f
                 t = tallies[id(f)]
-                t.mms.add(mm.id)
                 if kind_nr == k.config.pud_nr:
                     t.puds += 1
                 else:
@@ -100,7 +103,6 @@ def check_all(k: Kernel) -> list[Violation]:
                     continue
                 folios[id(f)] = f
                 t = tallies[id(f)]
-                t.mms.add(mm.id)
                 t.pte_total += nr
                 t.per_page(f)[page : page + nr] += 1
                 rss[_rss_index(f)] += nr

@@ -253,5 +253,5 @@ def fill_file(k: Kernel, file: BackingFile) -> None:
         if folio is None:
             return
         folio.dirty = True
-        folio.written_array()[:] = True
+        folio.mark_written(0, folio.nr_pages)
         index = folio.index + folio.nr_pages

@@ -41,7 +41,7 @@ class BackingFile:
         folio = self.cache.get(index)
         if folio is not None:  # a folio whose first page is ``index`` (any order)
             return folio
-        for order in sorted(self.orders):
+        for order in self.orders:  # at most one folio contains the page: any order first
             folio = self.cache.get(index & ~((1 << order) - 1))
             if folio is not None and folio.order == order:
                 return folio

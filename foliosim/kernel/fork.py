@@ -23,7 +23,7 @@ from foliosim.kernel.pgtable import (
     Leaf,
     PteTable,
 )
-from foliosim.kernel.physmem import Folio
+from foliosim.kernel.physmem import NOT_EXCLUSIVE_ONE, Folio
 
 if TYPE_CHECKING:
     from foliosim.kernel.kernel import Kernel
@@ -181,9 +181,8 @@ def _copy_small_anon(
     keep_exclusive = k.variant.cow_keeps_exclusive
     get = not k.variant.fork_pte_skips_ref
     for folio in folios:
-        exclusive = folio.anon_exclusive
-        if exclusive is not None and not keep_exclusive:
-            exclusive[0] = False
+        if folio.anon_exclusive is not None and not keep_exclusive:
+            folio.anon_exclusive = NOT_EXCLUSIVE_ONE
         folio.mapcount_small += 1
         if get:
             folio.refcount += 1
@@ -253,7 +252,7 @@ def _copy_present_page(
     if new is None:
         return
     if src_folio.page_written(page):
-        new.written_array()[0] = True
+        new.mark_written()
     rmap.folio_add_new_anon_rmap(k, new, dst, exclusive=True)
     new.lru = True
     dst.mm.rss[MM_ANONPAGES] += 1

@@ -194,7 +194,7 @@ def do_huge_pmd_wp_page(k: Kernel, vma: VMA, addr: int) -> str | None:
             return None
         k.vmstat.count_event("thp_fault_fallback")
     elif folio.page_exclusive(0) or folio.refcount == 1:
-        folio.exclusive_array()[0] = True
+        folio.set_exclusive(True)
         leaf.write = leaf.dirty = leaf.young = True
         return None
     __split_huge_pmd(k, vma, addr)

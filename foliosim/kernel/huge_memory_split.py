@@ -98,7 +98,7 @@ def split_folio(k: Kernel, folio: Folio) -> bool:
         page.dirty = folio.dirty
         page.refcount = 0
         if folio.page_written(i):
-            page.written_array()[0] = True
+            page.mark_written()
     # remap_page() with TTU_USE_SHARED_ZEROPAGE.
     for ref, vma, bits, exclusive in saved:
         page = pages[ref.page]
@@ -223,7 +223,7 @@ def split_file_folio(k: Kernel, folio: Folio, at: int) -> list[Folio] | None:
         piece.dirty = folio.dirty
         piece.lru = True
         if folio.written is not None and folio.written[first : first + piece.nr_pages].any():
-            piece.written_array()[:] = folio.written[first : first + piece.nr_pages]
+            piece.mark_written_mask(folio.written[first : first + piece.nr_pages])
         k.physmem._register(piece)
         file.cache[piece.index] = piece
         file.orders.add(order)

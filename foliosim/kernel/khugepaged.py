@@ -57,7 +57,7 @@ def collapse_anon_pmd(k: Kernel, vma: VMA, haddr: int) -> str | None:
     k.vmstat.count_event("thp_collapse_alloc")
     for slot, folio, page in olds:
         if folio.page_written(page):
-            new.written_array()[slot] = True
+            new.mark_written(slot)
     mapped_before = len(olds)
     for slot, folio, page in olds:
         rmap.folio_remove_rmap_ptes(k, folio, page, 1, vma)

@@ -15,7 +15,7 @@ from foliosim.kernel import huge_memory, rmap
 from foliosim.kernel.filemap import filemap_fault, filemap_map_pages
 from foliosim.kernel.mm import MM_ANONPAGES, VM
 from foliosim.kernel.pgtable import PTE_DIRTY, PTE_SPECIAL, PTE_WRITE, PTE_YOUNG
-from foliosim.kernel.physmem import Folio
+from foliosim.kernel.physmem import EXCLUSIVE_ONE, WRITTEN_ONE, Folio
 from foliosim.kernel.walk import has_guard_marker
 
 if TYPE_CHECKING:
@@ -184,9 +184,9 @@ def do_anonymous_pages(
         folio.anon = folio.swapbacked = folio.lru = True
         folio.mapping = anon_vma
         folio.index = index + i
-        folio.anon_exclusive = _TRUE1.copy()
+        folio.anon_exclusive = EXCLUSIVE_ONE
         if written:
-            folio.written = _TRUE1.copy()
+            folio.written = WRITTEN_ONE
     k.touched.update(folios)
     if done:
         table.bump(first, first + done)
@@ -198,9 +198,6 @@ def do_anonymous_pages(
     mm.rss[MM_ANONPAGES] += done
     k.vmstat.mod("nr_anon_pages", done)  # folio_add_new_anon_rmap: NR_ANON_MAPPED += 1 each
     return done
-
-
-_TRUE1 = np.ones(1, dtype=np.bool_)
 
 
 def alloc_anon_folio(k: Kernel, vma: VMA, addr: int) -> tuple[Folio | None, int]:
@@ -290,7 +287,7 @@ def do_cow_fault(k: Kernel, vma: VMA, addr: int) -> str | None:
         k.folio_put(src)
         return SIGBUS
     if src.page_written(src_page):
-        new.written_array()[0] = True
+        new.mark_written()
     _map_new_anon_page(k, vma, addr, new)
     k.folio_put(src)  # the reference ->fault returned
     return None
@@ -362,7 +359,7 @@ def do_wp_page(k: Kernel, vma: VMA, addr: int) -> str | None:
         return None
     if folio.anon and not table.bits[slot] & PTE_SPECIAL:
         if folio.page_exclusive(page) or wp_can_reuse_anon_folio(k, folio, vma):
-            folio.exclusive_array()[page] = True
+            folio.set_exclusive(True, page)
             table.bits[slot] |= PTE_WRITE | PTE_DIRTY | PTE_YOUNG
             return None
     return wp_page_copy(k, vma, addr, folio, page)
@@ -422,7 +419,7 @@ def wp_page_copy(k: Kernel, vma: VMA, addr: int, old: Folio, page: int) -> str |
             ctx.put(old, 2)
         ctx.touch(old, "copy_mc_user_highpage(old)")
         if old.page_written(page):
-            new.written_array()[0] = True
+            new.mark_written()
         if not k.variant.cow_put_early:
             table.clear(slot)  # ptep_clear_flush: the PTE's reference is ours
             ctx.entry_cleared(old)

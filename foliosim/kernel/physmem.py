@@ -31,6 +31,15 @@ FOLIO_PAGES_MAPPED = ENTIRELY_MAPPED - 1
 GUP_PIN_COUNTING_BIAS = 1 << 10
 
 
+# The "written" state of every written order-0 folio (shared; nobody may change it).
+WRITTEN_ONE = np.ones(1, dtype=np.bool_)
+WRITTEN_ONE.flags.writeable = False
+# PageAnonExclusive of an order-0 folio, set and clear (shared the same way).
+EXCLUSIVE_ONE = WRITTEN_ONE
+NOT_EXCLUSIVE_ONE = np.zeros(1, dtype=np.bool_)
+NOT_EXCLUSIVE_ONE.flags.writeable = False
+
+
 class MmIdSlots:
     """folio->_mm_id[2], _mm_id_mapcount[2] and the FOLIO_MM_IDS_SHARED bit of _mm_ids
     (include/linux/mm_types.h, 7.1.8): the two mms a large folio's mappings are tracked for.
@@ -184,15 +193,36 @@ class Folio:
             self.page_mapcounts = np.zeros(self.nr_pages, dtype=np.int32)
         return self.page_mapcounts
 
-    def exclusive_array(self) -> np.ndarray[Any, Any]:
+    def set_exclusive(self, value: bool, first: int = 0, nr: int = 1) -> None:
+        """Set or clear PageAnonExclusive on pages [first, first+nr). Order-0 folios point at
+        one of two shared read-only arrays instead of owning one."""
+        if not self.large:
+            self.anon_exclusive = EXCLUSIVE_ONE if value else NOT_EXCLUSIVE_ONE
+            return
         if self.anon_exclusive is None:
+            if not value:
+                return
             self.anon_exclusive = np.zeros(self.nr_pages, dtype=np.bool_)
-        return self.anon_exclusive
+        self.anon_exclusive[first : first + nr] = value
 
-    def written_array(self) -> np.ndarray[Any, Any]:
+    def mark_written(self, first: int = 0, nr: int = 1) -> None:
+        """Note that the program stored into pages [first, first+nr) (never undone: a page
+        keeps its data until freed). Order-0 folios share one read-only [True] array."""
+        if not self.large:
+            self.written = WRITTEN_ONE
+            return
         if self.written is None:
             self.written = np.zeros(self.nr_pages, dtype=np.bool_)
-        return self.written
+        self.written[first : first + nr] = True
+
+    def mark_written_mask(self, mask: np.ndarray[Any, Any]) -> None:
+        """Take over a split folio's "written" pages for this piece."""
+        if not mask.any():
+            return
+        if self.large:
+            self.written = mask.copy()
+        else:
+            self.written = WRITTEN_ONE
 
     def page_exclusive(self, i: int) -> bool:
         return bool(self.anon_exclusive is not None and self.anon_exclusive[i])

@@ -367,14 +367,14 @@ def folio_add_new_anon_rmap(k: Kernel, folio: Folio, vma: VMA, exclusive: bool =
     if not folio.large:
         folio.mapcount_small = 1
         if exclusive:
-            folio.exclusive_array()[0] = True
+            folio.set_exclusive(True)
     elif folio.order != k.config.geometry.pmd_order:
         nr = folio.nr_pages
         if k.config.page_mapcount:
             folio.mapcounts_array()[:] = 1
             folio.nr_pages_mapped_raw = nr
         if exclusive:
-            folio.exclusive_array()[:] = True
+            folio.set_exclusive(True, 0, nr)
         folio_set_large_mapcount(folio, nr, vma)
     else:
         nr = folio.nr_pages
@@ -383,7 +383,7 @@ def folio_add_new_anon_rmap(k: Kernel, folio: Folio, vma: VMA, exclusive: bool =
         if k.config.page_mapcount:
             folio.nr_pages_mapped_raw = ENTIRELY_MAPPED
         if exclusive:
-            folio.exclusive_array()[0] = True
+            folio.set_exclusive(True)
         nr_pmdmapped = nr
     __folio_mod_stat(k, folio, nr, nr_pmdmapped)
 
@@ -394,14 +394,14 @@ def folio_add_anon_rmap_ptes(
     """folio_add_anon_rmap_ptes() (mm/rmap.c, 7.1.8): RMAP_EXCLUSIVE sets each page's bit."""
     __folio_add_rmap(k, folio, page, nr, vma, Level.PTE)
     if exclusive:
-        folio.exclusive_array()[page : page + nr] = True
+        folio.set_exclusive(True, page, nr)
 
 
 def folio_add_anon_rmap_pmd(k: Kernel, folio: Folio, vma: VMA, exclusive: bool) -> None:
     """folio_add_anon_rmap_pmd() (mm/rmap.c, 7.1.8): RMAP_EXCLUSIVE marks the head page only."""
     __folio_add_rmap(k, folio, 0, k.config.pmd_nr, vma, Level.PMD)
     if exclusive:
-        folio.exclusive_array()[0] = True
+        folio.set_exclusive(True)
 
 
 def folio_add_anon_rmap_pud(k: Kernel, folio: Folio, vma: VMA) -> None:
@@ -452,7 +452,7 @@ def folio_try_dup_anon_rmap_ptes(
         return False
     if exclusive is not None:
         if not k.variant.cow_keeps_exclusive:
-            exclusive[page : page + nr] = False
+            folio.set_exclusive(False, page, nr)
     folio_dup_file_rmap_ptes(k, folio, page, nr, dst)
     return True
 
@@ -463,6 +463,6 @@ def folio_try_dup_anon_rmap_pmd(k: Kernel, folio: Folio, dst: VMA, maybe_pinned:
         if maybe_pinned:
             return False
         if not k.variant.cow_keeps_exclusive:
-            folio.exclusive_array()[0] = False
+            folio.set_exclusive(False)
     folio_dup_file_rmap_pmd(k, folio, dst)
     return True

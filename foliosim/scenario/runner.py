@@ -463,7 +463,7 @@ def touch(k: Kernel, task: Task, start: int, length: int, write: bool) -> str | 
             if write and not m.special and leaf_pages and not m.folio.zone_device:
                 first = m.page
                 last = min(leaf_end, end + page - 1) - (addr & ~(size - 1))
-                m.folio.written_array()[first : (last >> k.page_shift)] = True
+                m.folio.mark_written(first, (last >> k.page_shift) - first)
             step = max(min(leaf_end, (end + page - 1) & ~(page - 1)) - addr, page)
             if m.leaf is not None:
                 m.leaf.young = True
@@ -521,7 +521,7 @@ def _touch_pte_run(k: Kernel, table: Any, slot: int, addr: int, end: int, write:
         table.bits[slot] |= PTE_YOUNG | (PTE_DIRTY if write else 0)
         folio = table.folios[slot]
         if write and not table.bits[slot] & PTE_SPECIAL and not folio.zone_device:
-            folio.written_array()[int(table.index[slot])] = True
+            folio.mark_written(int(table.index[slot]))
         return 1
     folios = table.folios[slot:last]
     bits = table.bits[slot:last]
@@ -535,5 +535,5 @@ def _touch_pte_run(k: Kernel, table: Any, slot: int, addr: int, end: int, write:
     if write:
         for _, nr, folio, page, special in table.runs(slot, slot + n):
             if not special and not folio.zone_device:
-                folio.written_array()[page : page + nr] = True
+                folio.mark_written(page, nr)
     return n
