@@ -157,18 +157,18 @@ class IncrementalChecker:
     def check(self) -> list[Violation]:
         k = self.k
         moved = self.sync()  # folios whose tallies changed: their vmstat share may have too
-        dirty = set(moved)
-        for folio in k.touched:
-            self.folios[id(folio)] = folio
-            dirty.add(id(folio))
-        k.touched.clear()
+        touched = k.touched
+        touched_ids = [id(folio) for folio in touched]
+        self.folios.update(zip(touched_ids, touched, strict=True))
+        dirty = moved.union(touched_ids)
+        touched.clear()
         out: list[Violation] = []
         gets = _extra_refs(k) if getattr(k, "pinsets", None) else {}
         tallies = self.tallies
         for key in dirty:
             folio = self.folios[key]
             tally = tallies.get(key, _NO_TALLY)
-            if folio.large or folio.freed or folio.zero or folio.pgmap is not None or gets:
+            if folio.large or folio.zero or folio.pgmap is not None or key in gets:
                 out.extend(_check_folio(k, folio, tally, gets.get(key, 0)))
             elif not _small_folio_ok(folio, tally):
                 out.extend(_check_folio(k, folio, tally, 0))  # for the full diagnosis
@@ -235,10 +235,17 @@ class IncrementalChecker:
 _NO_TALLY = Tally()  # read-only stand-in for folios no entry maps
 
 
+def tally_entries(t: Tally) -> int:
+    return t.pte_total + t.pmds + t.puds
+
+
 def _small_folio_ok(f: Folio, t: Tally) -> bool:
-    """_check_folio's verdict for a live order-0 RAM folio with no `pin ... get` references,
-    without building messages: references = PTEs + page cache + pins, mapcount = PTEs, and
-    AnonExclusive only while mapped once."""
+    """_check_folio's verdict for an order-0 RAM folio with no `pin ... get` references,
+    without building messages: freed ones are unmapped and unreferenced; live ones hold
+    references = PTEs + page cache + pins, mapcount = PTEs, and AnonExclusive only while
+    mapped once."""
+    if f.freed:
+        return not f.refcount and not tally_entries(t)
     mapping = f.mapping
     in_cache = 0
     if not f.anon and mapping is not None and getattr(mapping, "cache", {}).get(f.index) is f:

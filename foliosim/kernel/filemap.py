@@ -234,8 +234,9 @@ def fill_file(k: Kernel, file: BackingFile) -> None:
     nr = file.size_pages(k.page_shift)
     pmd_nr = 1 << k.geometry.pmd_order
     index = 0
+    cached_before = bool(file.cache)  # folios added below lie behind ``index``
     while index < nr:
-        if file.find_folio(index) is not None:
+        if cached_before and file.find_folio(index) is not None:
             index += 1
             continue
         if file.kind == "shmem":

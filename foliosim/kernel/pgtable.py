@@ -33,7 +33,7 @@ CLEAR_YOUNG = 0xFF ^ PTE_YOUNG
 CLEAR_WRITE_YOUNG = 0xFF ^ (PTE_WRITE | PTE_YOUNG)
 
 
-@dataclass
+@dataclass(slots=True)
 class Leaf:
     """A present huge leaf at PMD or PUD level (pmd_trans_huge / pud_trans_huge)."""
 

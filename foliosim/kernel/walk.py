@@ -9,7 +9,7 @@ from foliosim.kernel.pgtable import PTE_MARKER_GUARD, PTE_WRITE, Leaf, PteTable
 from foliosim.kernel.physmem import Folio
 
 
-@dataclass
+@dataclass(slots=True)
 class Mapping:
     """What maps one address: the level, the folio, the page index inside it and the entry."""
 
@@ -61,7 +61,7 @@ def has_guard_marker(mm: MM, addr: int, page_shift: int, pmd_shift: int) -> bool
     return bool(table.bits[slot] & PTE_MARKER_GUARD)
 
 
-@dataclass
+@dataclass(slots=True)
 class MappingRef:
     """One page-table entry that maps a folio, found by the model's rmap walk."""
 
