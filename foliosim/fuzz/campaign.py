@@ -17,7 +17,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from foliosim.fuzz.engine import Outcome, run_program, shrink
+from foliosim.fuzz.engine import Outcome, collect_less, run_program, shrink
 from foliosim.fuzz.program import Generator
 
 
@@ -68,6 +68,11 @@ def generate(seed: int, job: Job) -> list[str]:
 
 def run_job(job: Job) -> dict[str, object]:
     """One worker's share: runs its seeds, shrinks failures. Plain data for the pool."""
+    with collect_less():
+        return _run_job(job)
+
+
+def _run_job(job: Job) -> dict[str, object]:
     start = time.monotonic()
     steps = programs = known = 0
     findings: list[dict[str, object]] = []
