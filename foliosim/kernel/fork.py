@@ -147,6 +147,12 @@ def copy_pte_range(k: Kernel, dst: VMA, src: VMA, pmd_no: int) -> None:
     markers = np.flatnonzero(stable.bits[first:last] & PTE_MARKER_GUARD) + first
     dtable.bits[markers] = PTE_MARKER_GUARD
     pinned = src.mm.has_pinned
+    # Order-0 anonymous folios that cannot be DMA-pinned, inline: what _copy_run does to
+    # each (folio_try_dup_anon_rmap_pte clears AnonExclusive and adds a mapcount, folio_get),
+    # with the child's RSS, the touched set and the entries (both wrprotected when COW, the
+    # child's old) updated once per table below.
+    keep_exclusive = k.variant.cow_keeps_exclusive
+    get = not k.variant.fork_pte_skips_ref
     small_slots: list[int] = []
     small: list[Folio] = []
     for slot, nr, folio, page, special in stable.runs(first, last):
@@ -157,46 +163,27 @@ def copy_pte_range(k: Kernel, dst: VMA, src: VMA, pmd_no: int) -> None:
             and folio.pgmap is None
             and not (pinned and folio.maybe_dma_pinned())
         ):
+            if folio.anon_exclusive is not None and not keep_exclusive:
+                folio.anon_exclusive = NOT_EXCLUSIVE_ONE
+            folio.mapcount_small += 1
+            if get:
+                folio.refcount += 1
             small_slots.append(slot)
             small.append(folio)
             continue
         _copy_run(k, dst, src, stable, dtable, slot, folio, page, nr, cow)
     if small:
-        _copy_small_anon(k, dst, stable, dtable, small_slots, small, cow)
-
-
-def _copy_small_anon(
-    k: Kernel,
-    dst: VMA,
-    stable: PteTable,
-    dtable: PteTable,
-    slots: list[int],
-    folios: list[Folio],
-    cow: bool,
-) -> None:
-    """copy_present_ptes() for order-0 anonymous folios that cannot be DMA-pinned, one
-    table at a time: what _copy_run does to each (folio_try_dup_anon_rmap_pte clears
-    AnonExclusive and adds a mapcount, folio_get, child RSS + 1, both entries wrprotected
-    when COW, the child's old) with the entries moved as arrays."""
-    keep_exclusive = k.variant.cow_keeps_exclusive
-    get = not k.variant.fork_pte_skips_ref
-    for folio in folios:
-        if folio.anon_exclusive is not None and not keep_exclusive:
-            folio.anon_exclusive = NOT_EXCLUSIVE_ONE
-        folio.mapcount_small += 1
         if get:
-            folio.refcount += 1
-    if get:
-        k.touched.update(folios)
-    dst.mm.rss[MM_ANONPAGES] += len(folios)
-    idx = np.array(slots, dtype=np.intp)
-    if cow:
-        stable.bits[idx] &= CLEAR_WRITE
-    dtable.bump(slots[0], slots[-1] + 1)  # slots ascend: runs() yields them in order
-    dtable.present += len(folios) - int(np.count_nonzero(dtable.folios[idx]))
-    dtable.folios[idx] = stable.folios[idx]
-    dtable.index[idx] = stable.index[idx]
-    dtable.bits[idx] = stable.bits[idx] & CLEAR_YOUNG
+            k.touched.update(small)
+        dst.mm.rss[MM_ANONPAGES] += len(small)
+        idx = np.array(small_slots, dtype=np.intp)
+        if cow:
+            stable.bits[idx] &= CLEAR_WRITE
+        dtable.bump(small_slots[0], small_slots[-1] + 1)  # runs() yields slots in order
+        dtable.present += len(small) - int(np.count_nonzero(dtable.folios[idx]))
+        dtable.folios[idx] = stable.folios[idx]
+        dtable.index[idx] = stable.index[idx]
+        dtable.bits[idx] = stable.bits[idx] & CLEAR_YOUNG
 
 
 def _copy_run(
@@ -212,7 +199,6 @@ def _copy_run(
     cow: bool,
 ) -> None:
     from foliosim.kernel.memory import mm_counter
-    from foliosim.kernel.pgtable import PteTable
 
     assert isinstance(stable, PteTable) and isinstance(dtable, PteTable)
     bits = stable.bits[slot : slot + nr].copy()
@@ -245,7 +231,7 @@ def _copy_run(
 def _copy_present_page(
     k: Kernel, dst: VMA, dtable: object, slot: int, src_folio: Folio, page: int
 ) -> None:
-    from foliosim.kernel.pgtable import PTE_DIRTY, PteTable
+    from foliosim.kernel.pgtable import PTE_DIRTY
 
     assert isinstance(dtable, PteTable)
     new = k.alloc_folio(0)

@@ -135,20 +135,30 @@ class Kernel:
     def folios_put_refs(self, folios: list[Folio], refs: list[int]) -> None:
         """folios_put_refs() (mm/swap.c, 7.1.8): drop refs[i] references of folios[i], in
         order, as the mmu_gather frees its batch; the same as folio_put() on each, with the
-        common case (a RAM folio that does not reach zero, or an unmapped order-0 one that
-        does) inline."""
-        touched = self.touched
-        touched.update(folios)
+        common cases inline: a RAM folio that does not reach zero, and order-0 RAM folios
+        that do, which are freed together at the end (free_unref_folios) in batch order."""
+        self.touched.update(folios)
+        freed_small: list[Folio] = []
         for folio, n in zip(folios, refs, strict=True):
             count = folio.refcount
-            if folio.zero or folio.pgmap is not None or count <= n:
-                if count == n and not folio.zero and folio.pgmap is None:
-                    folio.refcount = 0
+            if folio.zero or folio.pgmap is not None or count < n:
+                self.folio_put(folio, n)
+            elif count > n:
+                folio.refcount = count - n
+            else:
+                folio.refcount = 0
+                if folio.large:
                     self._free_folio(folio)
                 else:
-                    self.folio_put(folio, n)
-            else:
-                folio.refcount = count - n
+                    freed_small.append(folio)
+        if freed_small:
+            for folio in freed_small:
+                if folio.mapcount_small:
+                    self.reports.add(
+                        "BUG", "free_pages_prepare", f"Bad page state: {folio!r} still mapped"
+                    )
+                folio.anon = False
+            self.physmem.free_small_folios(freed_small)
 
     def _free_folio(self, folio: Folio) -> None:
         """__folio_put(): checks of free_pages_prepare (bad page state) then free."""

@@ -380,6 +380,16 @@ class PhysMem:
         self.used_pages -= folio.nr_pages
         self._free.setdefault(folio.order, []).append(folio.pfn)
 
+    def free_small_folios(self, folios: list[Folio]) -> None:
+        """free_folio() for order-0 folios in bulk, in order (never on the deferred-split
+        queue: only folios above order 1 go there)."""
+        pop = self.folios.pop
+        for folio in folios:
+            pop(folio.pfn, None)
+            folio.freed = True
+        self.used_pages -= len(folios)
+        self._free.setdefault(0, []).extend([folio.pfn for folio in folios])
+
     def replace_with_pages(self, folio: Folio) -> list[Folio]:
         """Turn a large folio into order-0 folios (the memmap side of __split_unmapped_folio)."""
         self.folios.pop(folio.pfn, None)

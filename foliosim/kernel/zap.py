@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from foliosim.kernel import huge_memory, rmap
+from foliosim.kernel.mm import MM_ANONPAGES
 from foliosim.kernel.pgtable import PTE_DIRTY, PTE_MARKER_GUARD, PTE_YOUNG, PteTable
 from foliosim.kernel.physmem import Folio
 
@@ -101,31 +102,43 @@ def zap_pte_range(
     Per run of one folio: RSS -= nr (MM_ANONPAGES / mm_counter_file), dirty/young PTE bits go
     into the folio (file folios), folio_remove_rmap_ptes(nr), and nr references queued for
     the mmu_gather ``batch`` (folios, refs). Special entries (zero page, devmap/pfnmap) only
-    clear. Order-0 anonymous runs are handled together (_zap_small_anon), in the same order.
+    clear. Order-0 anonymous folios take an inline path whose RSS and vmstat updates are
+    summed per table.
     """
     from foliosim.kernel.memory import mm_counter
 
     bits = table.bits
+    kept_markers = None
     if drop_markers:
         markers = np.flatnonzero(bits[first:last] & PTE_MARKER_GUARD) + first
         bits[markers] = 0
+    elif not keep_anon:
+        kept_markers = np.flatnonzero(bits[first:last] & PTE_MARKER_GUARD) + first
     variant = k.variant
     rss = vma.mm.rss
     puts, refs = batch
-    cleared: list[tuple[int, int]] = []
-    small: list[Folio] = []  # order-0 anon folios mapped by one PTE each: batched below
-    for slot, nr, folio, page, special in table.runs(first, last):
-        if keep_anon and folio.anon:
-            continue
-        cleared.append((slot, nr))
+    cleared: list[tuple[int, int]] = []  # only needed when anon entries stay
+    small = unmapped = 0  # order-0 anonymous folios mapped by one PTE each: inline
+    forgets_rmap = variant.zap_pte_forgets_rmap
+    runs = table.runs(first, last)
+    for slot, nr, folio, page, special in runs:
+        if keep_anon:
+            if folio.anon:
+                continue
+            cleared.append((slot, nr))
         if special:
             continue
         if folio.order == 0 and folio.anon and not folio.zero and folio.pgmap is None:
-            small.append(folio)
+            # folio_remove_rmap_pte() of a small folio: mapcount - 1, NR_ANON_MAPPED - 1 at
+            # zero (summed below), one reference queued; MM_ANONPAGES - 1 (summed below).
+            small += 1
+            if not forgets_rmap:
+                folio.mapcount_small -= 1
+                if not folio.mapcount_small:
+                    unmapped += 1
+            puts.append(folio)
+            refs.append(1)
             continue
-        if small:
-            _zap_small_anon(k, vma, small, batch)
-            small = []
         run_bits = bits[slot : slot + nr]
         if not folio.anon:
             if (run_bits & PTE_DIRTY).any():
@@ -133,36 +146,19 @@ def zap_pte_range(
             if (run_bits & PTE_YOUNG).any():
                 folio.referenced = True
         rss[mm_counter(folio)] -= nr
-        if not variant.zap_pte_forgets_rmap and (variant.dax_mapcount or not folio.zone_device):
+        if not forgets_rmap and (variant.dax_mapcount or not folio.zone_device):
             rmap.folio_remove_rmap_ptes(k, folio, page, nr, vma)
         puts.append(folio)
         refs.append(nr)
     if small:
-        _zap_small_anon(k, vma, small, batch)
-    if len(cleared) == 1 or (
-        cleared and cleared[-1][0] + cleared[-1][1] - cleared[0][0] == sum(n for _, n in cleared)
-    ):
-        table.clear_range(cleared[0][0], cleared[-1][0] + cleared[-1][1])
+        rss[MM_ANONPAGES] -= small
+        if unmapped:
+            k.vmstat.mod("nr_anon_pages", -unmapped)
+    if not keep_anon:
+        if runs:
+            table.clear_range(first, last)
+        if kept_markers is not None and kept_markers.size:
+            bits[kept_markers] = PTE_MARKER_GUARD
     else:
         for slot, nr in cleared:
             table.clear_range(slot, slot + nr)
-
-
-def _zap_small_anon(
-    k: Kernel, vma: VMA, folios: list[Folio], batch: tuple[list[Folio], list[int]]
-) -> None:
-    """The order-0 anonymous runs of zap_present_ptes() in one batch: for each, what
-    folio_remove_rmap_pte() does to a small folio (mapcount - 1; NR_ANON_MAPPED - 1 when it
-    drops to zero) and one reference queued; MM_ANONPAGES drops by the number of pages."""
-    from foliosim.kernel.mm import MM_ANONPAGES
-
-    vma.mm.rss[MM_ANONPAGES] -= len(folios)
-    if not k.variant.zap_pte_forgets_rmap:
-        unmapped = 0
-        for folio in folios:
-            folio.mapcount_small -= 1
-            if folio.mapcount_small == 0:
-                unmapped += 1
-        k.vmstat.mod("nr_anon_pages", -unmapped)
-    batch[0].extend(folios)
-    batch[1].extend([1] * len(folios))
