@@ -46,6 +46,7 @@ STAT_ITEMS = (
 class IncrementalChecker:
     def __init__(self, k: Kernel) -> None:
         self.k = k
+        k.touched = set()  # start listening (see Kernel.touched)
         self.tallies: dict[int, Tally] = defaultdict(Tally)
         self.folios: dict[int, Folio] = {}
         self.snapshots: dict[tuple[int, int], Snapshot] = {}

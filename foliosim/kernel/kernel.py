@@ -6,6 +6,7 @@ Pure model: no printing, no I/O. Tools (scenario runner, checker, renderers) rea
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -45,6 +46,19 @@ class Task:
     exited: bool = False
 
 
+class _Untracked(set[Folio]):
+    """A set that keeps nothing: Kernel.touched when no incremental checker listens."""
+
+    def add(self, folio: Folio) -> None:
+        pass
+
+    def update(self, *folios: Iterable[Folio]) -> None:
+        pass
+
+
+UNTRACKED = _Untracked()
+
+
 class Kernel:
     """Everything the model knows about one machine."""
 
@@ -66,8 +80,10 @@ class Kernel:
         self.devices: dict[str, DaxDevice] = {}
         self._pids = itertools.count(1000)
         self.trace_log: list[str] | None = None
-        # Folios whose counters changed in the current statement (for incremental checks).
-        self.touched: set[Folio] = set()
+        # Folios whose counters changed since the incremental checker last looked; nothing is
+        # kept until a checker asks for it (IncrementalChecker installs a real set), so runs
+        # without one do not hold on to every folio they ever touched.
+        self.touched: set[Folio] = UNTRACKED
         self.global_errno: str | None = None
         # Whether the current syscall holds mmap_lock (false for per-VMA-locked paths).
         self.mmap_locked = True
