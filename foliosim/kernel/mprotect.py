@@ -12,9 +12,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from foliosim.kernel import huge_memory
+from foliosim.kernel.memory import vma_page_prot_writable
 from foliosim.kernel.mm import VM
 from foliosim.kernel.mmap import SyscallError, page_align, prot_flags, split_vma_at
-from foliosim.kernel.pgtable import CLEAR_WRITE, PTE_SPECIAL, PTE_WRITE
+from foliosim.kernel.pgtable import CLEAR_WRITE, PTE_DIRTY, PTE_WRITE, PteTable
 
 if TYPE_CHECKING:
     from foliosim.kernel.kernel import Kernel, Task
@@ -66,8 +67,10 @@ def mprotect_fixup(k: Kernel, vma: VMA, start: int, end: int, new_prot: int) -> 
 
 
 def change_protection(k: Kernel, vma: VMA, old: int) -> None:
-    """change_protection() over the whole VMA: leaves lose write when VM_WRITE is removed;
-    exclusive anon PTEs regain it when VM_WRITE is added to a private mapping."""
+    """change_protection() over the whole VMA (mm/mprotect.c, 7.1.8): entries lose write when
+    VM_WRITE is removed; when it is added, entries that need no write fault get it back
+    (MM_CP_TRY_CHANGE_WRITABLE: exclusive anon pages of a private mapping, dirty entries of a
+    write-notify shared one; everything when vm_page_prot itself is writable)."""
     geo = k.geometry
     pgt = vma.mm.pgtables
     huge_memory.split_huge_pmd_range(k, vma, vma.start, vma.end)
@@ -79,30 +82,64 @@ def change_protection(k: Kernel, vma: VMA, old: int) -> None:
         # 6.1 change_pud_range(): pud_none_or_clear_bad() before any huge-PUD case.
         for pud_no in [n for n in pgt.pud_leaves if lo_pud <= n <= hi_pud]:
             huge_memory.pud_clear_bad(k, vma, pud_no, "change_pud_range")
+    # vm_page_prot itself writable (shared, no write-notify): pte/pmd/pud_modify with the new
+    # protection makes every present entry writable.
+    shared_writable = adding_write and vma_page_prot_writable(vma)
     for pud_no, leaf in pgt.pud_leaves.items():
-        if lo_pud <= pud_no <= hi_pud and removing_write:
-            leaf.write = False
+        if lo_pud <= pud_no <= hi_pud:
+            if removing_write:
+                leaf.write = False
+            elif shared_writable:  # change_huge_pud: pud_modify only, no try-writable
+                leaf.write = True
     for pmd_no, leaf in pgt.pmd_leaves.items():
         if not lo_pmd <= pmd_no <= hi_pmd:
             continue
         if removing_write:
             leaf.write = False
-        elif adding_write and leaf.folio.anon and leaf.folio.page_exclusive(0):
+        elif shared_writable:
             leaf.write = True
-        elif adding_write and vma.shared and vma.file is not None and not vma.file.page_mkwrite:
-            leaf.write = not leaf.special
+        elif adding_write and vma.shared:  # can_change_pmd_writable: dirty ones
+            leaf.write = leaf.write or leaf.dirty
+        elif adding_write and leaf.folio.anon and leaf.folio.page_exclusive(0):
+            leaf.write = True  # can_change_pmd_writable: an exclusive anon THP
     for pmd_no, table in pgt.pte_tables.items():
         if not lo_pmd <= pmd_no <= hi_pmd:
             continue
         base = pmd_no << geo.pmd_shift
         first = max(vma.start - base, 0) >> k.page_shift
         last = min(vma.end - base, geo.pmd_size) >> k.page_shift
-        for slot in range(first, last):
-            folio = table.folios[slot]
-            if folio is None:
-                continue
-            if removing_write:
-                table.bits[slot] &= CLEAR_WRITE
-            elif adding_write and not table.bits[slot] & PTE_SPECIAL:
-                if folio.anon and folio.page_exclusive(int(table.index[slot])):
-                    table.bits[slot] |= PTE_WRITE
+        if removing_write:
+            # Guard markers and empty slots carry no write bit: the slice is exact.
+            table.bits[first:last] &= CLEAR_WRITE
+        elif adding_write:
+            _pte_range_add_write(table, first, last, vma, shared_writable)
+
+
+def _pte_range_add_write(
+    table: PteTable, first: int, last: int, vma: VMA, shared_writable: bool
+) -> None:
+    """change_pte_range() (mm/mprotect.c, 7.1.8) when VM_WRITE is added, over whole runs.
+
+    Shared mapping whose vm_page_prot is writable (no write-notify): every present entry
+    takes the new protection (pte_modify), so becomes writable. Shared with write-notify
+    (can_change_shared_pte_writable): only dirty entries; clean ones still need a write fault
+    for ->page_mkwrite. Private (can_change_private_pte_writable): only PageAnonExclusive
+    pages of anonymous folios (vm_normal_page: never a special entry such as the zero page).
+    Left out: soft-dirty and uffd-wp write protection (VM_SOFTDIRTY is set on new VMAs).
+    """
+    bits = table.bits[first:last]
+    present = table.folios[first:last] != None  # noqa: E711 (elementwise)
+    if vma.shared:
+        mask = present if shared_writable else present & ((bits & PTE_DIRTY) != 0)
+        bits[mask] |= PTE_WRITE
+        return
+    for slot, nr, folio, page, special in table.runs(first, last):
+        exclusive = folio.anon_exclusive
+        if special or not folio.anon or exclusive is None:
+            continue
+        if nr == 1:
+            if exclusive[page]:
+                table.bits[slot] |= PTE_WRITE
+        else:
+            run = table.bits[slot : slot + nr]
+            run[exclusive[page : page + nr]] |= PTE_WRITE
