@@ -123,9 +123,12 @@ class MM:
         self.has_pinned = False  # MMF_HAS_PINNED
 
     # ---- VMA tree ------------------------------------------------------------------------
-    def _reindex(self) -> None:
-        self.vmas.sort(key=lambda v: v.start)
-        self._starts = [v.start for v in self.vmas]
+    def _index(self, vma: VMA) -> int:
+        """Position of vma in the address-ordered list (starts are unique)."""
+        i = bisect.bisect_left(self._starts, vma.start)
+        if i < len(self.vmas) and self.vmas[i] is vma:
+            return i
+        return self.vmas.index(vma)  # not reached while starts stay unique
 
     def find_vma(self, addr: int) -> VMA | None:
         """vma_lookup(): the VMA containing addr, or None."""
@@ -145,12 +148,14 @@ class MM:
         return out
 
     def insert_vma(self, vma: VMA) -> None:
-        self.vmas.append(vma)
-        self._reindex()
+        i = bisect.bisect_left(self._starts, vma.start)
+        self.vmas.insert(i, vma)
+        self._starts.insert(i, vma.start)
 
     def remove_vma(self, vma: VMA) -> None:
-        self.vmas.remove(vma)
-        self._reindex()
+        i = self._index(vma)
+        del self.vmas[i]
+        del self._starts[i]
 
     def split_vma(self, vma: VMA, addr: int, page_shift: int) -> VMA:
         """__split_vma(): cut vma at addr; returns the upper part (the caller has checked
@@ -165,28 +170,30 @@ class MM:
             anon_vma=vma.anon_vma,
         )
         vma.end = addr
-        self.vmas.append(upper)
-        self._reindex()
+        i = self._index(vma) + 1
+        self.vmas.insert(i, upper)
+        self._starts.insert(i, addr)
         return upper
 
     def try_merge(self, vma: VMA, page_shift: int) -> VMA:
         """vma_merge_existing_range() in spirit: merge vma with adjacent compatible VMAs
         (same flags, file, contiguous pgoff, compatible anon_vma)."""
-        i = self.vmas.index(vma)
+        i = self._index(vma)
         if i + 1 < len(self.vmas):
             nxt = self.vmas[i + 1]
             if _mergeable(vma, nxt, page_shift):
                 vma.end = nxt.end
                 vma.anon_vma = vma.anon_vma or nxt.anon_vma
-                self.vmas.pop(i + 1)
+                del self.vmas[i + 1]
+                del self._starts[i + 1]
         if i > 0:
             prev = self.vmas[i - 1]
             if _mergeable(prev, vma, page_shift):
                 prev.end = vma.end
                 prev.anon_vma = prev.anon_vma or vma.anon_vma
-                self.vmas.pop(i)
+                del self.vmas[i]
+                del self._starts[i]
                 vma = prev
-        self._reindex()
         return vma
 
     def free_gap(self, length: int, align: int, low: int, high: int) -> int | None:
