@@ -21,6 +21,7 @@ from types import ModuleType
 from typing import Any
 
 from foliosim.bench_host import host_description, host_times
+from foliosim.gc_policy import collect_less
 from foliosim.scenario.runner import Run, StmtResult, build_kernel, execute, run_statement
 from foliosim.scenario.statements import parse_text
 
@@ -67,12 +68,13 @@ def timed_statements(text: str) -> dict[int, float]:
     run = Run("<bench>", kernel)
     kernel.pinsets = run.pins  # type: ignore[attr-defined]
     out: dict[int, float] = {}
-    for stmt in stmts:
-        if stmt.kind in ("config", "memory"):
-            continue
-        start = time.perf_counter()
-        run_statement(run, stmt, StmtResult(stmt.line, stmt.source))
-        out[stmt.line] = time.perf_counter() - start
+    with collect_less():  # as `foliosim run` does
+        for stmt in stmts:
+            if stmt.kind in ("config", "memory"):
+                continue
+            start = time.perf_counter()
+            run_statement(run, stmt, StmtResult(stmt.line, stmt.source))
+            out[stmt.line] = time.perf_counter() - start
     return out
 
 
@@ -139,6 +141,11 @@ def load_perpage() -> ModuleType | None:
 
 
 def perpage_anon(pp: ModuleType, mib: int, thp: bool) -> dict[str, float]:
+    with collect_less():  # the same GC setting as the model's runs
+        return _perpage_anon(pp, mib, thp)
+
+
+def _perpage_anon(pp: ModuleType, mib: int, thp: bool) -> dict[str, float]:
     model = pp.PerPageModel(thp=thp)
     model.task("A")
     addr, size = 1 << 40, mib << 20
@@ -158,6 +165,11 @@ def perpage_anon(pp: ModuleType, mib: int, thp: bool) -> dict[str, float]:
 
 
 def perpage_split(pp: ModuleType, n: int) -> float:
+    with collect_less():
+        return _perpage_split(pp, n)
+
+
+def _perpage_split(pp: ModuleType, n: int) -> float:
     model = pp.PerPageModel(thp=True)
     model.task("A")
     addr = 1 << 40
@@ -231,7 +243,7 @@ def bench_split(
 
 
 def fuzz_rate(seeds: int, steps: int, ownership: bool) -> tuple[float, int]:
-    from foliosim.fuzz.engine import collect_less, program_for, run_program
+    from foliosim.fuzz.engine import program_for, run_program
 
     programs = [program_for(seed, steps, None) for seed in range(seeds)]
     done = 0

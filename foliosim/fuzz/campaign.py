@@ -17,8 +17,9 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from foliosim.fuzz.engine import Outcome, collect_less, run_program, shrink
+from foliosim.fuzz.engine import Outcome, run_program, shrink
 from foliosim.fuzz.program import Generator
+from foliosim.gc_policy import collect_less
 
 
 @dataclass

@@ -8,11 +8,9 @@ the counterexample printed is a short runnable scenario ending in `check`.
 
 from __future__ import annotations
 
-import gc
 import time
 import traceback
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from foliosim.check import check_all
@@ -215,18 +213,3 @@ def fuzz(
                 break
     campaign.seconds = time.monotonic() - start
     return campaign
-
-
-@contextmanager
-def collect_less() -> Iterator[None]:
-    """Each program builds a kernel of many small objects that live for the program; the
-    default cyclic-GC threshold (700 allocations) walks them over and over. Collect less
-    often (cycles are still freed) and leave already-imported objects out of the walk."""
-    old = gc.get_threshold()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 20)
-    try:
-        yield
-    finally:
-        gc.set_threshold(*old)
-        gc.unfreeze()

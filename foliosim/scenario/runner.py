@@ -16,6 +16,7 @@ from foliosim.config import (
     make_geometry,
     resolve_options,
 )
+from foliosim.gc_policy import collect_less
 from foliosim.kernel import (
     gup,
     huge_memory,
@@ -176,6 +177,18 @@ def execute(
     check_each: bool = False,
     trace: bool = False,
     observe: Callable[[Run], dict[str, Any]] | None = None,
+) -> Run:
+    with collect_less():
+        return _execute(path, stmts, variant, check_each, trace, observe)
+
+
+def _execute(
+    path: str,
+    stmts: list[Stmt],
+    variant: str | None,
+    check_each: bool,
+    trace: bool,
+    observe: Callable[[Run], dict[str, Any]] | None,
 ) -> Run:
     kernel = build_kernel(path, stmts, variant)
     run = Run(path, kernel)

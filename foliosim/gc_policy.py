@@ -1,0 +1,38 @@
+"""How the model process uses Python's cyclic garbage collector.
+
+A model run creates many small objects (folios, leaves, VMAs) that live as long as the run.
+With the default threshold (a collection every 700 net allocations) the collector walks
+them over and over: faulting 1 GiB of 4K pages took twice as long with it as without.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+_depth = 0
+
+
+@contextmanager
+def collect_less() -> Iterator[None]:
+    """Collect less often (cycles are still freed, every 50,000 net allocations) and leave
+    the objects that exist already (imported modules) out of the walk. Only the outermost
+    use changes and restores the settings, so nesting is harmless."""
+    global _depth
+    _depth += 1
+    if _depth > 1:
+        try:
+            yield
+        finally:
+            _depth -= 1
+        return
+    old = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
+    try:
+        yield
+    finally:
+        _depth -= 1
+        gc.set_threshold(*old)
+        gc.unfreeze()
