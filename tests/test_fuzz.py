@@ -48,9 +48,20 @@ def test_hypothesis_engine_catches_a_mutant() -> None:
 
 
 def test_differential_legacy_mainline_finds_dax_rss() -> None:
-    result = differential_campaign("legacy", "mainline", 0, 30, 40, None)
+    """Seeds 200-229 reach the DAX RSS difference of the series first: a 2M device-dax write
+    fault counts 512 pages in mainline and none in legacy (vmf_insert_pfn_pmd took no RSS)."""
+    result = differential_campaign("legacy", "mainline", 200, 30, 40, None)
     assert result["scenario"], "legacy and mainline differ in DAX RSS"
     assert "rss" in result["difference"]
+    assert "legacy=(0, 0, 0, 0) mainline=(512, 0, 0, 0)" in result["difference"]
+
+
+def test_differential_reports_both_values() -> None:
+    """Whatever difference comes first (seeds 0-29: MADV_GUARD_INSTALL, which 6.1 lacks), the
+    report names the statement and both variants' values."""
+    result = differential_campaign("legacy", "mainline", 0, 30, 40, None)
+    assert result["scenario"]
+    assert "legacy=" in result["difference"] and "mainline=" in result["difference"]
 
 
 def test_parallel_campaign_and_resume(tmp_path: Path) -> None:

@@ -59,3 +59,20 @@ def test_scenario(path: Path, variant: str | None) -> None:
 
 def test_suite_is_not_empty() -> None:
     assert len(FILES) >= 1
+
+
+HOST_SUITE = ROOT.parent.parent / "conformance" / "host"
+
+
+@pytest.mark.parametrize(
+    "path", sorted(HOST_SUITE.glob("*.fsim")), ids=lambda p: f"conformance/host/{p.name}"
+)
+def test_host_conformance_scenario_on_the_model(path: Path) -> None:
+    """Every host-conformance scenario's expectations (written from kernel semantics and
+    checked on the real kernel by `foliosim oracle host-suite`) hold on the model, with every
+    invariant checked after each statement."""
+    text = path.read_text()
+    run = execute(str(path), parse_text(str(path), text), check_each=True)
+    failures = [line for r in run.results if not r.ok for line in r.output]
+    failures += [v.render() for v in run.violations]
+    assert not run.failed, "\n".join(failures)

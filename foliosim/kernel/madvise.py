@@ -198,8 +198,22 @@ def madvise_guard_remove(k: Kernel, vma: VMA, start: int, end: int) -> None:
     _set_markers(k, vma, start, end, install=False)
 
 
+def _collapse_allowed(k: Kernel, vma: VMA) -> bool:
+    """thp_vma_allowable_order(TVA_FORCED_COLLAPSE, PMD_ORDER) (mm/huge_memory.c, 7.1.8):
+    not VM_NOHUGEPAGE, not DAX; anonymous VMAs need an anon_vma; shmem is allowed whatever
+    its huge= option (shmem_huge_force; the global shmem_enabled is not "deny" in the
+    model); other files only when opened read-only (never here: the model's files are open
+    for writing). The VMA alignment is checked per PMD by the caller."""
+    if vma.flags & VM.NOHUGEPAGE or vma.is_dax:
+        return False
+    if vma.is_anonymous:
+        return vma.anon_vma is not None
+    return vma.file is not None and vma.file.kind == "shmem"
+
+
 def madvise_collapse(k: Kernel, task: Task, start: int, end: int) -> None:
-    """madvise_collapse() (mm/khugepaged.c, 7.1.8) for anonymous memory.
+    """madvise_collapse() (mm/khugepaged.c, 7.1.8) for anonymous memory and shmem
+    (khugepaged.collapse_shmem_pmd).
 
     Each whole PMD-aligned chunk in the range is collapsed into a new PMD THP
     (THP_COLLAPSE_ALLOC): present small pages are copied, empty and zero-page PTEs become
@@ -208,7 +222,7 @@ def madvise_collapse(k: Kernel, task: Task, start: int, end: int) -> None:
     VMA cannot have a PMD THP (VM_NOHUGEPAGE, no anon_vma, DAX) or a chunk has no page
     table; EAGAIN when an old folio holds extra references (a pin).
     """
-    from foliosim.kernel.khugepaged import collapse_anon_pmd
+    from foliosim.kernel.khugepaged import collapse_anon_pmd, collapse_shmem_pmd
 
     k.enter("madvise_collapse")
     geo = k.geometry
@@ -217,10 +231,8 @@ def madvise_collapse(k: Kernel, task: Task, start: int, end: int) -> None:
     vma = task.mm.find_vma(start)
     if vma is None:
         raise SyscallError("ENOMEM", "no VMA")
-    if vma.flags & VM.NOHUGEPAGE or vma.is_dax or (vma.is_anonymous and vma.anon_vma is None):
+    if not _collapse_allowed(k, vma):
         raise SyscallError("EINVAL", "VMA not eligible for collapse")
-    if not vma.is_anonymous:
-        raise SyscallError("EINVAL", "file collapse is not modelled")
     if hstart >= hend:
         raise SyscallError("EINVAL", "range holds no aligned PMD")
     last_error: str | None = None
@@ -230,12 +242,17 @@ def madvise_collapse(k: Kernel, task: Task, start: int, end: int) -> None:
             last_error = "EINVAL"
             continue
         # Each VMA the range reaches is checked on its own (thp_vma_allowable_order with
-        # TVA_FORCED_COLLAPSE); file and DAX VMAs take collapse_file, not modelled here.
-        if not vma.is_anonymous or vma.flags & VM.NOHUGEPAGE or vma.anon_vma is None:
+        # TVA_FORCED_COLLAPSE).
+        if not _collapse_allowed(k, vma):
             last_error = "EINVAL"
             continue
-        error = collapse_anon_pmd(k, vma, addr)
+        if vma.is_anonymous:
+            error = collapse_anon_pmd(k, vma, addr)
+        else:
+            error = collapse_shmem_pmd(k, vma, addr)
         if error:
             last_error = error
+            if error == "ENOMEM" or (error == "EINVAL" and not vma.is_anonymous):
+                break  # scan results madvise_collapse() does not go on after
     if last_error:
         raise SyscallError(last_error, "collapse failed")

@@ -215,6 +215,17 @@ class Folio:
             self.written = np.zeros(self.nr_pages, dtype=np.bool_)
         self.written[first : first + nr] = True
 
+    def mark_written_mask_at(self, first: int, mask: np.ndarray[Any, Any]) -> None:
+        """Pages first.. of this folio hold what the pages ``mask`` marks (a collapse)."""
+        if not mask.any():
+            return
+        if not self.large:
+            self.written = WRITTEN_ONE
+            return
+        if self.written is None:
+            self.written = np.zeros(self.nr_pages, dtype=np.bool_)
+        self.written[first : first + mask.shape[0]] |= mask
+
     def mark_written_mask(self, mask: np.ndarray[Any, Any]) -> None:
         """Take over a split folio's "written" pages for this piece."""
         if not mask.any():
