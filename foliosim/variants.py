@@ -48,6 +48,7 @@ class Variant:
     deferred_split_never_queues: bool = False
     cow_keeps_exclusive: bool = False
     dup_skips_mm_id: bool = False
+    copy_huge_pud_skips_refcounted: bool = False
     split_pud_forgets_put: bool = False
     zap_pud_forgets_rss: bool = False
     fork_skips_pmd_dup: bool = False
@@ -121,9 +122,11 @@ REFCOUNT_ONLY = Variant(
 )
 MAINLINE_FIXED = MAINLINE.mutate(
     "mainline-fixed",
-    "mainline with a fix for mremap of huge PUDs (look for pud_trans_huge before "
-    "pud_none_or_clear_bad, then move_huge_pud)",
+    "mainline with fixes for mremap of huge PUDs (look for pud_trans_huge before "
+    "pud_none_or_clear_bad, then move_huge_pud) and for fork of a refcounted PUD in a file "
+    "VMA (copy_huge_pud leaves it to the child's fault, as copy_huge_pmd does)",
     mremap_checks_huge_pud_first=True,
+    copy_huge_pud_skips_refcounted=True,
 )
 V6_18 = MAINLINE.mutate(
     "v6.18",

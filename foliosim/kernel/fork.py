@@ -121,6 +121,8 @@ def copy_huge_pud(k: Kernel, dst: VMA, src: VMA, pud_no: int) -> None:
     the latent gap noted in research section 3: the invariants report it, the kernel is
     silent."""
     leaf = src.mm.pgtables.pud_leaves[pud_no]
+    if k.variant.copy_huge_pud_skips_refcounted and not leaf.special:
+        return  # a fix (variant mainline-fixed): the child faults the PUD in itself
     if src.is_cow_mapping:
         leaf.write = False
     dst.mm.pgtables.pud_leaves[pud_no] = Leaf(
