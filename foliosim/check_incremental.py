@@ -276,7 +276,7 @@ class Snapshot:
     def runs(self) -> list[Run]:
         """Everything this snapshot tallied, as runs."""
         tallied = np.flatnonzero(self.counters >= 0)
-        return [r[:4] for r in _group(tallied, self.folios, self.index, self.counters)]
+        return _group(tallied, self.folios, self.index, self.counters)
 
     def update(self, lo: int, hi: int) -> tuple[list[Run], list[Run]]:
         """Compare slots [lo, hi) with the table; returns the runs that went and came."""
@@ -299,9 +299,9 @@ class Snapshot:
         self.folios[pos] = table.folios[pos]
         self.index[pos] = table.index[pos]
         added = _group(came, self.folios, self.index, None)
-        for _folio, _page, nr, counter, first in added:
-            self.counters[first : first + nr] = counter
-        return [r[:4] for r in removed], [r[:4] for r in added]
+        if added:  # the runs split ``came`` in order: one counter per run, repeated
+            self.counters[came] = np.repeat([r[3] for r in added], [r[2] for r in added])
+        return removed, added
 
     def _update_one(self, slot: int) -> tuple[list[Run], list[Run]]:
         table = self.table
@@ -328,10 +328,10 @@ def _group(
     folios: np.ndarray[Any, Any],
     index: np.ndarray[Any, Any],
     counters: np.ndarray[Any, Any] | None,
-) -> list[tuple[Folio, int, int, int, int]]:
+) -> list[Run]:
     """Runs over the slots ``pos`` (ascending): consecutive slots mapping consecutive pages of
-    one folio (under one RSS counter). Each is (folio, first page, pages, counter, first slot);
-    without ``counters`` the counter is _rss_index of the folio."""
+    one folio (under one RSS counter), in slot order. Each is (folio, first page, pages,
+    counter); without ``counters`` the counter is _rss_index of the folio."""
     if pos.size == 0:
         return []
     objs = folios[pos]
@@ -346,7 +346,7 @@ def _group(
     lengths = np.diff(np.append(starts, pos.size)).tolist()
     heads = objs[starts].tolist()
     ctrs = [_rss_index(f) for f in heads] if counters is None else counters[pos[starts]].tolist()
-    return list(zip(heads, idx[starts].tolist(), lengths, ctrs, pos[starts].tolist(), strict=True))
+    return list(zip(heads, idx[starts].tolist(), lengths, ctrs, strict=True))
 
 
 def describe(checker: IncrementalChecker) -> dict[str, Any]:

@@ -19,9 +19,7 @@ in the window) is out of its reach; it finds orderings that are wrong on any sch
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections import defaultdict
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -30,14 +28,24 @@ if TYPE_CHECKING:
 
 
 class RefContext:
-    """One kernel path's view of the references it holds."""
+    """One kernel path's view of the references it holds; a context manager (a class rather
+    than a generator: it runs on every COW fault and page-cache removal)."""
+
+    __slots__ = ("covered", "folios", "held", "name", "owner")
 
     def __init__(self, owner: Ownership, name: str) -> None:
         self.owner = owner
         self.name = name
-        self.held: Counter[int] = Counter()
+        self.held: defaultdict[int, int] = defaultdict(int)
         self.covered: set[int] = set()
         self.folios: dict[int, Folio] = {}
+
+    def __enter__(self) -> RefContext:
+        self.owner.stack.append(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.owner._leaves(self)
 
     def _note(self, folio: Folio) -> int:
         self.folios[id(folio)] = folio
@@ -91,23 +99,21 @@ class Ownership:
         self.enabled = True
         self.stack: list[RefContext] = []
 
-    @contextmanager
-    def context(self, name: str) -> Iterator[RefContext]:
-        ctx = RefContext(self, name)
-        self.stack.append(ctx)
-        try:
-            yield ctx
-        finally:
-            self.stack.pop()
-            if self.enabled:
-                for key, count in ctx.held.items():
-                    if count > 0:
-                        self.report(
-                            "BUG",
-                            f"reference leak: {name} ended holding {count} reference(s)",
-                            ctx.folios[key],
-                            ctx,
-                        )
+    def context(self, name: str) -> RefContext:
+        """``with k.ownership.context("fn") as ctx:`` — a kernel path that holds references."""
+        return RefContext(self, name)
+
+    def _leaves(self, ctx: RefContext) -> None:
+        self.stack.pop()
+        if self.enabled:
+            for key, count in ctx.held.items():
+                if count > 0:
+                    self.report(
+                        "BUG",
+                        f"reference leak: {ctx.name} ended holding {count} reference(s)",
+                        ctx.folios[key],
+                        ctx,
+                    )
 
     def report(self, kind: str, message: str, folio: Folio, ctx: RefContext) -> None:
         if not self.enabled:

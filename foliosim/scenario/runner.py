@@ -447,12 +447,26 @@ def touch(k: Kernel, task: Task, start: int, length: int, write: bool) -> str | 
     addr = start & ~(page - 1)
     end = start + max(length, 1)
     mm = task.mm
+    pgt = mm.pgtables
+    geo = k.geometry
     while addr < end:
         vma = mm.find_vma(addr)
         if vma is None:
             return "SIGSEGV"
         if (write and not vma.flags & VM.WRITE) or not vma.flags & (VM.READ | VM.WRITE):
             return "SIGSEGV"
+        # Fast path: a present PTE that needs no fault (what k.lookup would find at PTE level).
+        pmd_no = addr >> geo.pmd_shift
+        table = pgt.pte_tables.get(pmd_no)
+        if (
+            table is not None
+            and pmd_no not in pgt.pmd_leaves
+            and (addr >> geo.pud_shift) not in pgt.pud_leaves
+        ):
+            slot = (addr >> k.page_shift) & (geo.ptrs_per_pte - 1)
+            if table.folios[slot] is not None and (not write or table.bits[slot] & PTE_WRITE):
+                addr += _touch_pte_run(k, table, slot, addr, end, write) << k.page_shift
+                continue
         m = k.lookup(mm, addr)
         if m is None:
             batched = _anon_batch(k, vma, addr, end, write)
