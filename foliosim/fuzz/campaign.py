@@ -14,7 +14,7 @@ import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from foliosim.fuzz.engine import Outcome, run_program, shrink
@@ -152,26 +152,13 @@ def campaign(
                 if progress:
                     progress(int(res["programs"]))  # type: ignore[call-overload]
     else:
-        # One process: run in slices so the progress bar moves.
-        per = max(1, len(seeds) // 50)
-        for i in range(0, len(seeds), per):
-            left = None if time_limit is None else time_limit - (time.monotonic() - start)
-            if left is not None and left <= 0:
-                break
-            res = run_job(
-                Job(
-                    variant,
-                    tuple(seeds[i : i + per]),
-                    steps,
-                    config,
-                    known_defects,
-                    left,
-                    shrink_budget,
-                )
+        # One process: run in slices so the progress bar moves (one GC setting for all).
+        with collect_less():
+            results = _run_slices(
+                Job(variant, tuple(seeds), steps, config, known_defects, time_limit, shrink_budget),
+                start,
+                progress,
             )
-            results.append(res)
-            if progress:
-                progress(int(res["programs"]))  # type: ignore[call-overload]
     seen: set[str] = set()
     for res in results:
         summary.programs += int(res["programs"])  # type: ignore[call-overload]
@@ -257,6 +244,24 @@ def run_on_ray(
     finally:
         if owned:
             ray.shutdown()
+
+
+def _run_slices(
+    job: Job, start: float, progress: Callable[[int], None] | None
+) -> list[dict[str, object]]:
+    """run_job over ``job``'s seeds a fiftieth at a time, within its time limit."""
+    results: list[dict[str, object]] = []
+    seeds = job.seeds
+    per = max(1, len(seeds) // 50)
+    for i in range(0, len(seeds), per):
+        left = None if job.time_limit is None else job.time_limit - (time.monotonic() - start)
+        if left is not None and left <= 0:
+            break
+        res = run_job(replace(job, seeds=tuple(seeds[i : i + per]), time_limit=left))
+        results.append(res)
+        if progress:
+            progress(int(res["programs"]))  # type: ignore[call-overload]
+    return results
 
 
 def replay(
