@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from foliosim.fuzz.campaign import campaign, load_state, save_state
+from foliosim.fuzz.campaign import Summary, campaign, load_state, save_state
 from foliosim.fuzz.differential import differential_campaign
 from foliosim.fuzz.engine import program_for, run_program
 from foliosim.fuzz.hypo import hypothesis_campaign
@@ -75,6 +75,17 @@ def test_parallel_campaign_and_resume(tmp_path: Path) -> None:
     assert again.programs == 2
 
 
+def _assert_same_as_local(remote: Summary) -> None:
+    """A cluster campaign of mutant zap-pte-no-rmap, seeds 0-11, 40 steps, gives the local
+    engine's programs, steps and finding kinds, each finding once."""
+    local = campaign("zap-pte-no-rmap", 0, 12, 40, shrink_budget=5.0)
+    assert remote.programs == local.programs == 12
+    assert remote.steps == local.steps
+    assert sorted(remote.done) == sorted(local.done) == list(range(12))
+    assert remote.findings and {f.kind for f in remote.findings} == {f.kind for f in local.findings}
+    assert len({f.key() for f in remote.findings}) == len(remote.findings)
+
+
 def test_dask_cluster_campaign() -> None:
     """A campaign on a Dask cluster (scheduler and two worker processes started here) gives
     the same programs, steps and finding kinds as the local engine, deduplicated."""
@@ -91,12 +102,7 @@ def test_dask_cluster_campaign() -> None:
             address=cluster.scheduler_address,
             shrink_budget=5.0,
         )
-    local = campaign("zap-pte-no-rmap", 0, 12, 40, shrink_budget=5.0)
-    assert remote.programs == local.programs == 12
-    assert remote.steps == local.steps
-    assert sorted(remote.done) == sorted(local.done) == list(range(12))
-    assert remote.findings and {f.kind for f in remote.findings} == {f.kind for f in local.findings}
-    assert len({f.key() for f in remote.findings}) == len(remote.findings)
+    _assert_same_as_local(remote)
 
 
 def test_ray_cluster_campaign() -> None:
@@ -125,9 +131,4 @@ def test_ray_cluster_campaign() -> None:
         assert cluster.head_node.remaining_processes_alive()
     finally:
         cluster.shutdown()
-    local = campaign("zap-pte-no-rmap", 0, 12, 40, shrink_budget=5.0)
-    assert remote.programs == local.programs == 12
-    assert remote.steps == local.steps
-    assert sorted(remote.done) == sorted(local.done) == list(range(12))
-    assert remote.findings and {f.kind for f in remote.findings} == {f.kind for f in local.findings}
-    assert len({f.key() for f in remote.findings}) == len(remote.findings)
+    _assert_same_as_local(remote)
