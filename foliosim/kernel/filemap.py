@@ -195,7 +195,7 @@ def filemap_map_pages(k: Kernel, vma: VMA, addr: int) -> None:
     mm = vma.mm
     eof = file.size_pages(k.page_shift)
     table = mm.pgtables.pte_table(pmd_no)
-    if table is None or not table.present:
+    if table is None or table.all_none():
         first_index = vma.linear_page_index(base + (from_pte << k.page_shift), k.page_shift)
         folio = file.find_folio(first_index)
         if folio is not None and folio.order == geo.pmd_order:

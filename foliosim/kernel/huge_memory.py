@@ -230,8 +230,8 @@ def do_set_pmd(k: Kernel, vma: VMA, addr: int, folio: Folio, write: bool) -> boo
         return False
     pmd_no = addr >> geo.pmd_shift
     table = vma.mm.pgtables.pte_tables.get(pmd_no)
-    if table is not None and table.present:
-        return False
+    if table is not None and not table.all_none():
+        return False  # pmd not none: a PTE table (pages or markers) is there
     vma.mm.pgtables.pte_tables.pop(pmd_no, None)
     k.enter("do_set_pmd")
     rmap.folio_add_file_rmap_pmd(k, folio, vma)

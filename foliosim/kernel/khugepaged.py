@@ -190,7 +190,7 @@ def _retract_page_tables(k: Kernel, file: BackingFile, pgoff: int, caller: VMA) 
             if vma is caller:
                 continue  # try_collapse_pte_mapped_thp() handles the caller's table
             table = mm.pgtables.pte_tables.get(addr >> geo.pmd_shift)
-            if table is not None and not table.present and not table.bits.any():
+            if table is not None and table.all_none():
                 del mm.pgtables.pte_tables[addr >> geo.pmd_shift]
 
 

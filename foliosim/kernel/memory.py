@@ -82,7 +82,7 @@ def handle_mm_fault(k: Kernel, task: Task, vma: VMA, addr: int, write: bool) -> 
         else:
             huge_memory.huge_pmd_set_accessed(leaf, write)
             return None
-    elif pmd_no not in mm.pgtables.pte_tables or not mm.pgtables.pte_tables[pmd_no].present:
+    elif pmd_no not in mm.pgtables.pte_tables or mm.pgtables.pte_tables[pmd_no].all_none():
         result = huge_memory.create_huge_pmd(k, vma, addr, write)
         if result != "fallback":
             return result
@@ -302,7 +302,7 @@ def finish_fault(
     took becomes the mapping's."""
     pmd_no = addr >> k.geometry.pmd_shift
     table = vma.mm.pgtables.pte_table(pmd_no)
-    if folio.order == k.geometry.pmd_order and (table is None or not table.present):
+    if folio.order == k.geometry.pmd_order and (table is None or table.all_none()):
         if huge_memory.do_set_pmd(k, vma, addr, folio, write):
             return None
     table = vma.mm.pgtables.pte_table(pmd_no, create=True)

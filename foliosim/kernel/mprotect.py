@@ -45,8 +45,9 @@ def do_mprotect(k: Kernel, task: Task, start: int, length: int, prot: str) -> No
             raise SyscallError("ENOMEM", "hole in range")
         if new_prot & VM.WRITE and not vma.flags & VM.MAYWRITE:
             raise SyscallError("EACCES", "no VM_MAYWRITE")
-        mprotect_fixup(k, vma, max(start, vma.start), min(end, vma.end), new_prot)
-        cursor = min(end, vma.end)
+        vma_end = vma.end  # mprotect_fixup may split vma: it keeps only the part below start
+        mprotect_fixup(k, vma, max(start, vma.start), min(end, vma_end), new_prot)
+        cursor = min(end, vma_end)
     if cursor < end:
         raise SyscallError("ENOMEM", "hole at end of range")
 

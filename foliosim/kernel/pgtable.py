@@ -78,6 +78,12 @@ class PteTable:
         if self.changed is not None:
             self.changed.add(self)
 
+    def all_none(self) -> bool:
+        """Every entry is pte_none: no page and no marker (a guard marker is an entry). Only
+        then may the table go and a huge leaf take its PMD (the model frees such tables where
+        the kernel would reclaim or never have allocated them)."""
+        return not self.present and not self.bits.any()
+
     def is_none(self, i: int) -> bool:
         return self.folios[i] is None and not self.bits[i] & PTE_MARKER_GUARD
 

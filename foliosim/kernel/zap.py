@@ -76,7 +76,7 @@ def unmap_page_range(
         first = max(start - lo, 0) >> k.page_shift
         last = min(end - lo, geo.pmd_size) >> k.page_shift
         zap_pte_range(k, vma, table, first, last, (puts, refs), drop_markers, keep_anon)
-        if drop_markers and table.present == 0 and not table.bits.any():
+        if drop_markers and table.all_none():
             del pgt.pte_tables[pmd_no]
     k.folios_put_refs(puts, refs)
 

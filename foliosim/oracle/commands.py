@@ -236,3 +236,68 @@ def host_suite(
         )
     failed = any(r.error or r.disagreements or r.expect_failures for r in out)
     raise typer.Exit(1 if failed else 0)
+
+
+@oracle_app.command("host-fuzz")
+def host_fuzz(
+    programs: Annotated[int, typer.Option("--programs", help="How many programs.")] = 20,
+    steps: Annotated[int, typer.Option("--steps", help="Statements per program.")] = 20,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the first program.")] = 0,
+    save_dir: Annotated[
+        Path, typer.Option("--save", help="Where disagreeing programs are written.")
+    ] = Path("fuzz-out/host"),
+    json_out: JsonOpt = False,
+) -> None:
+    """Fuzz the model against this kernel: generated programs (no DAX, no pins) with RSS,
+    level and folio-order probes after every statement, run on both; a disagreeing program is
+    saved as a scenario for triage. Exit 1 when any program disagrees."""
+    from rich.progress import Progress
+
+    from foliosim.oracle.hostfuzz import host_program, save
+
+    check_preconditions()
+    start = time.monotonic()
+    rows = 0
+    outcome: list[dict[str, Any]] = []
+    with (
+        settings_for_run() as settings,
+        Progress(console=err, transient=True, disable=json_out) as progress,
+    ):
+        bar = progress.add_task("host programs", total=programs)
+        for s in range(seed, seed + programs):
+            program = host_program(s, steps)
+            name = f"<host-fuzz seed {s}>"
+            result = run_scenario(name, parse_text(name, "\n".join(program.lines) + "\n"), settings)
+            observed = [r for r in result.rows if r.status != "not observable"]
+            rows += len(observed)
+            bad = [
+                f"line {r.line}: {r.source}: {r.what}: model {show(r.model)}, kernel "
+                f"{show(r.kernel)}"
+                for r in result.disagreements
+            ]
+            entry: dict[str, Any] = {"seed": s, "observed": len(observed), "disagree": bad}
+            if bad:
+                entry["saved"] = str(save(save_dir, program, bad))
+            outcome.append(entry)
+            progress.advance(bar)
+    seconds = time.monotonic() - start
+    failing = [o for o in outcome if o["disagree"]]
+    summary = {
+        "kernel": kernel_version(),
+        "programs": programs,
+        "steps": steps,
+        "observed_values": rows,
+        "disagreeing_programs": len(failing),
+        "seconds": round(seconds, 1),
+    }
+    if json_out:
+        print(json.dumps({**summary, "programs_detail": outcome}, indent=2))
+    else:
+        table = Table(title=f"foliosim oracle host-fuzz — kernel {summary['kernel']}")
+        for col in ("programs", "steps", "observed values", "disagreeing programs", "seconds"):
+            table.add_column(col, justify="right")
+        table.add_row(str(programs), str(steps), str(rows), str(len(failing)), f"{seconds:.1f}")
+        console.print(table)
+        for o in failing:
+            console.print(f"[red]seed {o['seed']}: {o['disagree'][0]} ({o['saved']})[/red]")
+    raise typer.Exit(1 if failing else 0)

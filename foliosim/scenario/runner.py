@@ -372,7 +372,10 @@ def task_statement(run: Run, task: Task, stmt: Stmt, result: StmtResult) -> None
         )
         run.names[str(a["bind"])] = address
         if a["populate"]:
-            touch(k, task, address, length(), write=bool("w" in str(a["prot"])))
+            # MAP_POPULATE (populate_vma_page_range): write faults (FOLL_WRITE) only for a
+            # private writable mapping, read faults otherwise; GUP stores nothing.
+            writable_private = "w" in str(a["prot"]) and not shared
+            touch(k, task, address, length(), write=writable_private, store=False)
     elif kind == "munmap":
         mmap.do_munmap(k, task, addr(), length())
     elif kind in ("read", "write"):
@@ -439,9 +442,12 @@ def global_statement(run: Run, stmt: Stmt) -> None:
             truncate.do_punch_hole(k, file, stmt.num("off"), stmt.num("len"))
 
 
-def touch(k: Kernel, task: Task, start: int, length: int, write: bool) -> str | None:
+def touch(
+    k: Kernel, task: Task, start: int, length: int, write: bool, store: bool = True
+) -> str | None:
     """Touch every page of [start, start+length) like a program would: fault where the page
-    is not mapped (or not writable for a write); a write leaves non-zero data in each page.
+    is not mapped (or not writable for a write); a write leaves non-zero data in each page
+    unless ``store`` is false (GUP faulting pages in, as MAP_POPULATE does).
     Returns the signal that stopped it, if any."""
     page = k.page_size
     addr = start & ~(page - 1)
@@ -465,11 +471,11 @@ def touch(k: Kernel, task: Task, start: int, length: int, write: bool) -> str | 
         ):
             slot = (addr >> k.page_shift) & (geo.ptrs_per_pte - 1)
             if table.folios[slot] is not None and (not write or table.bits[slot] & PTE_WRITE):
-                addr += _touch_pte_run(k, table, slot, addr, end, write) << k.page_shift
+                addr += _touch_pte_run(k, table, slot, addr, end, write, store) << k.page_shift
                 continue
         m = k.lookup(mm, addr)
         if m is None:
-            batched = _anon_batch(k, vma, addr, end, write)
+            batched = _anon_batch(k, vma, addr, end, write, store)
             if batched:
                 # The new entries are young, dirty and written already: nothing to touch.
                 addr += batched << k.page_shift
@@ -487,7 +493,7 @@ def touch(k: Kernel, task: Task, start: int, length: int, write: bool) -> str | 
             leaf_pages = m.folio.nr_pages if m.level in ("pmd", "pud") and not m.special else None
             size = k.geometry.pud_size if m.level == "pud" else k.geometry.pmd_size
             leaf_end = (addr & ~(size - 1)) + size
-            if write and not m.special and leaf_pages and not m.folio.zone_device:
+            if store and write and not m.special and leaf_pages and not m.folio.zone_device:
                 first = m.page
                 last = min(leaf_end, end + page - 1) - (addr & ~(size - 1))
                 m.folio.mark_written(first, (last >> k.page_shift) - first)
@@ -497,12 +503,12 @@ def touch(k: Kernel, task: Task, start: int, length: int, write: bool) -> str | 
                 m.leaf.dirty = m.leaf.dirty or write
         else:
             assert m.table is not None
-            step = _touch_pte_run(k, m.table, m.slot, addr, end, write) << k.page_shift
+            step = _touch_pte_run(k, m.table, m.slot, addr, end, write, store) << k.page_shift
         addr += step
     return None
 
 
-def _anon_batch(k: Kernel, vma: Any, addr: int, end: int, write: bool) -> int:
+def _anon_batch(k: Kernel, vma: Any, addr: int, end: int, write: bool, store: bool) -> int:
     """Fault a run of empty PTEs of an anonymous VMA in one batch when each fault would take
     do_anonymous_page()'s order-0 path (see memory.do_anonymous_pages). Returns the number
     of pages faulted and touched; 0: no batch (or memory ran out: the caller faults the
@@ -515,7 +521,7 @@ def _anon_batch(k: Kernel, vma: Any, addr: int, end: int, write: bool) -> int:
     table = pgt.pte_tables.get(pmd_no)
     if pmd_no in pgt.pmd_leaves or (addr >> geo.pud_shift) in pgt.pud_leaves:
         return 0
-    if table is None or not table.present:
+    if table is None or table.all_none():
         if geo.pmd_order in huge_memory.thp_vma_allowable_orders(k, vma):
             return 0  # create_huge_pmd gets the first say
     if huge_memory.thp_vma_allowable_orders(k, vma, below_pmd=True):
@@ -533,11 +539,13 @@ def _anon_batch(k: Kernel, vma: Any, addr: int, end: int, write: bool) -> int:
             nr = int(busy[0])
     if nr < 2:
         return 0
-    done = memory.do_anonymous_pages(k, vma, addr, nr, write, written=write)
+    done = memory.do_anonymous_pages(k, vma, addr, nr, write, written=write and store)
     return done if done == nr else 0
 
 
-def _touch_pte_run(k: Kernel, table: Any, slot: int, addr: int, end: int, write: bool) -> int:
+def _touch_pte_run(
+    k: Kernel, table: Any, slot: int, addr: int, end: int, write: bool, store: bool = True
+) -> int:
     """Access present PTEs from ``slot`` on without faulting: the run stops at the first entry
     that needs a fault (none, or read-only for a write), the end of the range or the table.
     Young (and dirty, written) are set for the run; returns the number of pages touched."""
@@ -547,7 +555,7 @@ def _touch_pte_run(k: Kernel, table: Any, slot: int, addr: int, end: int, write:
         # One page (the common case right after a fault): no NumPy slicing.
         table.bits[slot] |= PTE_YOUNG | (PTE_DIRTY if write else 0)
         folio = table.folios[slot]
-        if write and not table.bits[slot] & PTE_SPECIAL and not folio.zone_device:
+        if store and write and not table.bits[slot] & PTE_SPECIAL and not folio.zone_device:
             folio.mark_written(int(table.index[slot]))
         return 1
     folios = table.folios[slot:last]
@@ -559,7 +567,7 @@ def _touch_pte_run(k: Kernel, table: Any, slot: int, addr: int, end: int, write:
     n = int(bad[0]) if bad.size else last - slot
     n = max(n, 1)
     table.bits[slot : slot + n] |= PTE_YOUNG | (PTE_DIRTY if write else 0)
-    if write:
+    if store and write:
         for _, nr, folio, page, special in table.runs(slot, slot + n):
             if not special and not folio.zone_device:
                 folio.mark_written(page, nr)
