@@ -96,7 +96,7 @@ def collapse_shmem_pmd(k: Kernel, vma: VMA, haddr: int) -> str | None:
     Left out: swapped-out entries, writeback, userfaultfd, mlock, the node-load heuristics.
     """
     from foliosim.kernel.files import BackingFile
-    from foliosim.kernel.memory import mm_counter_file
+    from foliosim.kernel.vmscan import try_to_unmap
 
     geo = k.geometry
     file = vma.file
@@ -131,15 +131,7 @@ def collapse_shmem_pmd(k: Kernel, vma: VMA, haddr: int) -> str | None:
     k.enter("collapse_file")
     k.vmstat.count_event("thp_collapse_alloc")
     for old in olds:
-        # try_to_unmap(): every PTE of every mm mapping the old folio goes.
-        for ref in k.rmap_walk(old):
-            assert ref.table is not None
-            owner = ref.mm.find_vma(ref.addr)
-            assert owner is not None
-            rmap.folio_remove_rmap_ptes(k, old, ref.page, 1, owner)
-            ref.table.clear(ref.slot)
-            ref.mm.rss[mm_counter_file(old)] -= 1
-            k.folio_put(old)
+        try_to_unmap(k, old)  # every PTE of every mm mapping the old folio goes
         if old.written is not None:
             first = old.index - start
             new.mark_written_mask_at(first, old.written)

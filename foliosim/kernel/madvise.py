@@ -118,15 +118,23 @@ def _update_vma_flags(k: Kernel, vma: VMA, start: int, end: int, new_flags: int)
 
 def _large_anon_folios(k: Kernel, vma: VMA, start: int, end: int) -> list[tuple[object, bool]]:
     """The large anon folios mapped in [start, end) and whether the range covers them whole."""
+    return _folios_in(k, vma, start, end, anon=True)
+
+
+def _folios_in(k: Kernel, vma: VMA, start: int, end: int, anon: bool) -> list[tuple[object, bool]]:
+    """The folios mapped in [start, end) (anon: the large anonymous ones; else the page-cache
+    and shmem ones of any size), each once, with whether the range covers it whole. Special
+    entries (the zero page) and ZONE_DEVICE folios are skipped, as vm_normal_page does."""
     seen: dict[int, tuple[object, bool]] = {}
     addr = start
     while addr < end:
         m = k.lookup(vma.mm, addr)
-        if m is not None and m.folio.anon and m.folio.large and not m.special:
+        if m is not None and not m.special and m.folio.anon == anon and not m.folio.zone_device:
             folio = m.folio
             first = addr - (m.page << k.page_shift)
             whole = first >= start and first + (folio.nr_pages << k.page_shift) <= end
-            seen.setdefault(folio.pfn, (folio, whole))
+            if folio.large or not anon:
+                seen.setdefault(folio.pfn, (folio, whole))
             if m.level != "pte":
                 addr = first + (folio.nr_pages << k.page_shift)
                 continue
@@ -152,15 +160,25 @@ def madvise_pageout(k: Kernel, vma: VMA, start: int, end: int) -> None:
     """madvise_pageout() -> reclaim_pages() -> shrink_folio_list() (mm/vmscan.c, 7.1.8) with
     no swap: anonymous large folios cannot get swap space and are split
     (split_folio_to_list) and kept unless folio_maybe_mapped_shared(); small anon folios stay
-    mapped. Page-cache pages mapped
-    only by this mm are unmapped and, if clean, dropped from the cache."""
+    mapped. Page-cache and shmem folios not maybe-mapped-shared are unmapped; clean
+    page-cache ones leave the cache (vmscan.shrink_file_folio)."""
     from foliosim.kernel.physmem import Folio
+    from foliosim.kernel.vmscan import shrink_file_folio
 
-    if vma.is_anonymous and k.config.swap_bytes == 0:
+    if k.config.swap_bytes == 0:
         for folio, _whole in _large_anon_folios(k, vma, start, end):
             assert isinstance(folio, Folio)
             if not folio_maybe_mapped_shared(k, folio):
                 split_folio(k, folio)
+    if vma.is_anonymous:
+        return
+    for folio, whole in _folios_in(k, vma, start, end, anon=False):
+        assert isinstance(folio, Folio)
+        # madvise_cold_or_pageout_pte_range: shared folios are left alone; a large folio the
+        # range only partly covers would be split first (not modelled: left alone).
+        if folio_maybe_mapped_shared(k, folio) or not whole or not folio.lru:
+            continue
+        shrink_file_folio(k, folio)
 
 
 def madvise_guard_install(k: Kernel, vma: VMA, start: int, end: int) -> None:
