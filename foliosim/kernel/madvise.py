@@ -251,8 +251,11 @@ def madvise_collapse(k: Kernel, task: Task, start: int, end: int) -> None:
         raise SyscallError("ENOMEM", "no VMA")
     if not _collapse_allowed(k, vma):
         raise SyscallError("EINVAL", "VMA not eligible for collapse")
-    if hstart >= hend:
+    if hstart > hend:
+        # (hend - hstart) wraps as an unsigned long: never the 0 PMDs collapsed -> SCAN_FAIL
         raise SyscallError("EINVAL", "range holds no aligned PMD")
+    if hstart == hend:
+        return  # no PMD to collapse: 0 of 0 succeeded
     last_error: str | None = None
     for addr in range(hstart, hend, geo.pmd_size):
         vma = task.mm.find_vma(addr)
