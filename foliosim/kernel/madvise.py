@@ -221,9 +221,13 @@ def _collapse_allowed(k: Kernel, vma: VMA) -> bool:
     not VM_NOHUGEPAGE, not DAX; anonymous VMAs need an anon_vma; shmem is allowed whatever
     its huge= option (shmem_huge_force; the global shmem_enabled is not "deny" in the
     model); other files only when opened read-only (never here: the model's files are open
-    for writing). The VMA alignment is checked per PMD by the caller."""
+    for writing). Like the kernel, it looks at the alignment of the VMA's last PMD-sized
+    range only; each PMD is checked again by the caller."""
     if vma.flags & VM.NOHUGEPAGE or vma.is_dax:
         return False
+    geo = k.geometry
+    if not huge_memory.thp_vma_suitable_order(k, vma, vma.end - geo.pmd_size, geo.pmd_order):
+        return False  # not even the VMA's last 2M can take a PMD (alignment, size)
     if vma.is_anonymous:
         return vma.anon_vma is not None
     return vma.file is not None and vma.file.kind == "shmem"
