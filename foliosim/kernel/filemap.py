@@ -174,7 +174,8 @@ def filemap_map_pages(k: Kernel, vma: VMA, addr: int) -> None:
     The window is fault_around_bytes aligned, clipped to the VMA and the PTE table. A
     PMD-sized folio at an empty PMD is mapped by do_set_pmd(); otherwise every cached page in
     the window with an empty PTE is mapped read-only (one reference per PTE, file rmap,
-    MM_FILEPAGES/MM_SHMEMPAGES).
+    MM_FILEPAGES/MM_SHMEMPAGES), and a large folio that fits the VMA and one PMD range is
+    mapped whole (_maps_whole_folio).
     """
     from foliosim.kernel.huge_memory import do_set_pmd
     from foliosim.kernel.memory import mm_counter_file, vma_page_prot_writable
@@ -206,8 +207,13 @@ def filemap_map_pages(k: Kernel, vma: VMA, addr: int) -> None:
     table = mm.pgtables.pte_table(pmd_no, create=True)
     assert table is not None
     writable = vma_page_prot_writable(vma)
-    for slot in range(from_pte, to_pte):
+    # set_pte_range(): prefaulted entries are young unless arch_wants_old_prefaulted_pte()
+    # (false on x86-64, mm/memory.c 7.1.8).
+    bits = (PTE_WRITE if writable else 0) | PTE_YOUNG
+    slot = from_pte
+    while slot < to_pte:
         if table.folios[slot] is not None or table.bits[slot]:
+            slot += 1
             continue
         page_addr = base + (slot << k.page_shift)
         index = vma.linear_page_index(page_addr, k.page_shift)
@@ -215,15 +221,32 @@ def filemap_map_pages(k: Kernel, vma: VMA, addr: int) -> None:
             break
         folio = file.find_folio(index)
         if folio is None or folio.readahead:
+            slot += 1
             continue  # next_uptodate_folio() skips PG_readahead folios
         page = index - folio.index
-        k.folio_get(folio)
-        rmap.folio_add_file_rmap_ptes(k, folio, page, 1, vma)
-        mm.rss[mm_counter_file(folio)] += 1
-        # set_pte_range(): prefaulted entries are young unless arch_wants_old_prefaulted_pte()
-        # (false on x86-64, mm/memory.c 7.1.8).
-        bits = (PTE_WRITE if writable else 0) | PTE_YOUNG
-        table.set(slot, folio, page, bits)
+        first, last = slot, slot + 1
+        if folio.large and _maps_whole_folio(
+            k, vma, file, folio, page_addr - (page << k.page_shift)
+        ):
+            first = slot - page  # filemap_map_folio_range(): the whole folio, not the window
+            last = first + folio.nr_pages
+        for s in range(first, last):
+            if table.folios[s] is None and not table.bits[s]:
+                k.folio_get(folio)
+                rmap.folio_add_file_rmap_ptes(k, folio, page + s - slot, 1, vma)
+                mm.rss[mm_counter_file(folio)] += 1
+                table.set(s, folio, page + s - slot, bits)
+        slot = max(last, slot + 1)
+
+
+def _maps_whole_folio(k: Kernel, vma: VMA, file: BackingFile, folio: Folio, addr0: int) -> bool:
+    """filemap_map_folio_range() (mm/filemap.c, 7.1.8) maps every empty PTE of a large folio,
+    not just the fault-around window, when the folio lies within EOF (or is shmem), within
+    the VMA, and within one PMD range (``addr0``: where its first page would be mapped)."""
+    end0 = addr0 + (folio.nr_pages << k.page_shift)
+    in_eof = folio.index + folio.nr_pages <= file.size_pages(k.page_shift) or file.kind == "shmem"
+    same_pmd = addr0 >> k.geometry.pmd_shift == (end0 - 1) >> k.geometry.pmd_shift
+    return in_eof and addr0 >= vma.start and end0 <= vma.end and same_pmd
 
 
 def fill_file(k: Kernel, file: BackingFile) -> None:

@@ -14,7 +14,7 @@ import numpy as np
 from foliosim.kernel import huge_memory, rmap
 from foliosim.kernel.filemap import filemap_fault, filemap_map_pages
 from foliosim.kernel.mm import MM_ANONPAGES, VM
-from foliosim.kernel.pgtable import PTE_DIRTY, PTE_SPECIAL, PTE_WRITE, PTE_YOUNG
+from foliosim.kernel.pgtable import PTE_DIRTY, PTE_SPECIAL, PTE_WRITE, PTE_YOUNG, PteTable
 from foliosim.kernel.physmem import EXCLUSIVE_ONE, WRITTEN_ONE, Folio
 from foliosim.kernel.walk import has_guard_marker
 
@@ -297,26 +297,64 @@ def finish_fault(
     k: Kernel, vma: VMA, addr: int, folio: Folio, page: int, write: bool
 ) -> str | None:
     """finish_fault() (mm/memory.c, 7.1.8): a PMD-sized folio on an empty PMD goes to
-    do_set_pmd(); otherwise one PTE (7.1.8 maps the whole folio range for shmem large folios
-    that fit the VMA and PTE table; the model maps just the page). The reference ->fault
-    took becomes the mapping's."""
-    pmd_no = addr >> k.geometry.pmd_shift
+    do_set_pmd(); otherwise PTEs: the whole large folio when it lies within the VMA and the
+    PTE table, within EOF (or is shmem) and every PTE it needs is none, else just the page.
+    The reference ->fault took becomes the first mapping's; the others take one each."""
+    geo = k.geometry
+    pmd_no = addr >> geo.pmd_shift
     table = vma.mm.pgtables.pte_table(pmd_no)
-    if folio.order == k.geometry.pmd_order and (table is None or table.all_none()):
+    if folio.order == geo.pmd_order and (table is None or table.all_none()):
         if huge_memory.do_set_pmd(k, vma, addr, folio, write):
             return None
     table = vma.mm.pgtables.pte_table(pmd_no, create=True)
     assert table is not None
-    slot = (addr >> k.page_shift) & (k.geometry.ptrs_per_pte - 1)
-    if table.folios[slot] is not None:
+    slot = (addr >> k.page_shift) & (geo.ptrs_per_pte - 1)
+    first, nr = _whole_folio_slots(k, vma, addr, folio, page, slot, table)
+    if nr == 1 and table.folios[slot] is not None:
         k.folio_put(folio)  # raced: someone mapped it (fault-around) — drop our reference
         return None
     writable = write or vma_page_prot_writable(vma)
     bits = PTE_YOUNG | (PTE_WRITE | PTE_DIRTY if write else 0) | (PTE_WRITE if writable else 0)
-    rmap.folio_add_file_rmap_ptes(k, folio, page, 1, vma)
-    vma.mm.rss[mm_counter_file(folio)] += 1
-    table.set(slot, folio, page, bits)
+    first_page = page - (slot - first)
+    if nr > 1:
+        k.folio_get(folio, nr - 1)  # folio_ref_add(nr_pages - 1)
+    rmap.folio_add_file_rmap_ptes(k, folio, first_page, nr, vma)
+    vma.mm.rss[mm_counter_file(folio)] += nr
+    if nr == 1:
+        table.set(slot, folio, first_page, bits)
+    else:
+        table.set_run(first, folio, first_page, nr, bits)
     return None
+
+
+def _whole_folio_slots(
+    k: Kernel, vma: VMA, addr: int, folio: Folio, page: int, slot: int, table: PteTable
+) -> tuple[int, int]:
+    """finish_fault()'s choice: (first slot, pages) — the whole folio, or the faulting page
+    when the folio is small, would leave the VMA or the table, lies past EOF (not shmem:
+    needs_fallback), or some PTE it needs is taken."""
+    if not folio.large:
+        return slot, 1
+    file = vma.file
+    is_shmem = file is not None and file.kind == "shmem"
+    if not is_shmem and file is not None:
+        if file.size_pages(k.page_shift) < folio.index + folio.nr_pages:
+            return slot, 1
+    vma_off = (addr - vma.start) >> k.page_shift
+    vma_pages = (vma.end - vma.start) >> k.page_shift
+    after = folio.nr_pages - page
+    if (
+        vma_off < page
+        or vma_off + after > vma_pages
+        or slot < page
+        or slot + after > k.geometry.ptrs_per_pte
+    ):
+        return slot, 1
+    first = slot - page
+    window = slice(first, first + folio.nr_pages)
+    if np.count_nonzero(table.folios[window]) or table.bits[window].any():
+        return slot, 1  # !pte_range_none(): fall back to the one page
+    return first, folio.nr_pages
 
 
 def _mapped(k: Kernel, vma: VMA, addr: int) -> bool:
