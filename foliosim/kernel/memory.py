@@ -215,10 +215,11 @@ def alloc_anon_folio(k: Kernel, vma: VMA, addr: int) -> tuple[Folio | None, int]
         if not huge_memory.thp_vma_suitable_order(k, vma, addr, order):
             continue
         first = (start >> k.page_shift) & mask
-        if table is not None and any(
-            f is not None for f in table.folios[first : first + (1 << order)]
+        window = slice(first, first + (1 << order))
+        if table is not None and (
+            any(f is not None for f in table.folios[window]) or table.bits[window].any()
         ):
-            continue
+            continue  # not pte_range_none: a page or a marker (a guard region) is there
         folio = k.alloc_folio(order)
         if folio is not None:
             return folio, start

@@ -471,7 +471,8 @@ def touch(
         ):
             slot = (addr >> k.page_shift) & (geo.ptrs_per_pte - 1)
             if table.folios[slot] is not None and (not write or table.bits[slot] & PTE_WRITE):
-                addr += _touch_pte_run(k, table, slot, addr, end, write, store) << k.page_shift
+                stop = min(end, vma.end)  # the next VMA may not allow the access
+                addr += _touch_pte_run(k, table, slot, addr, stop, write, store) << k.page_shift
                 continue
         m = k.lookup(mm, addr)
         if m is None:
@@ -503,7 +504,8 @@ def touch(
                 m.leaf.dirty = m.leaf.dirty or write
         else:
             assert m.table is not None
-            step = _touch_pte_run(k, m.table, m.slot, addr, end, write, store) << k.page_shift
+            stop = min(end, vma.end)
+            step = _touch_pte_run(k, m.table, m.slot, addr, stop, write, store) << k.page_shift
         addr += step
     return None
 
