@@ -57,8 +57,6 @@ def do_madvise(k: Kernel, task: Task, start: int, length: int, advice: str) -> N
     vmas = mm.vmas_in(start, end)
     if not vmas:
         raise SyscallError("ENOMEM", "no VMA in range")
-    if advice == "COLLAPSE":
-        return madvise_collapse(k, task, start, end)
     # madvise_lock(): since 6.17 a DONTNEED range inside one VMA runs under that VMA's lock
     # only (lock_vma_under_rcu), without mmap_lock.
     k.mmap_locked = not (advice == "DONTNEED" and vmas[0].start <= start and end <= vmas[0].end)
@@ -88,6 +86,8 @@ def madvise_vma_behavior(k: Kernel, vma: VMA, start: int, end: int, advice: str)
         remove = VM.NOHUGEPAGE if advice == "HUGEPAGE" else VM.HUGEPAGE
         new_flags = (vma.flags | add) & ~remove
         _update_vma_flags(k, vma, start, end, new_flags)
+    elif advice == "COLLAPSE":
+        madvise_collapse(k, vma, start, end)
     elif advice in ("PAGEOUT", "COLD"):
         if vma.flags & (VM.LOCKED | VM.PFNMAP):
             raise SyscallError("EINVAL", "MADV_PAGEOUT on a locked or pfnmap VMA")
@@ -233,9 +233,9 @@ def _collapse_allowed(k: Kernel, vma: VMA) -> bool:
     return vma.file is not None and vma.file.kind == "shmem"
 
 
-def madvise_collapse(k: Kernel, task: Task, start: int, end: int) -> None:
-    """madvise_collapse() (mm/khugepaged.c, 7.1.8) for anonymous memory and shmem
-    (khugepaged.collapse_shmem_pmd).
+def madvise_collapse(k: Kernel, vma: VMA, start: int, end: int) -> None:
+    """madvise_collapse() (mm/khugepaged.c, 7.1.8) for one VMA's part of the range (the
+    madvise walk calls it per VMA), anonymous memory and shmem (khugepaged.collapse_shmem_pmd).
 
     Each whole PMD-aligned chunk in the range is collapsed into a new PMD THP
     (THP_COLLAPSE_ALLOC): present small pages are copied, empty and zero-page PTEs become
@@ -250,9 +250,6 @@ def madvise_collapse(k: Kernel, task: Task, start: int, end: int) -> None:
     geo = k.geometry
     hstart = (start + geo.pmd_size - 1) & ~(geo.pmd_size - 1)
     hend = end & ~(geo.pmd_size - 1)
-    vma = task.mm.find_vma(start)
-    if vma is None:
-        raise SyscallError("ENOMEM", "no VMA")
     if not _collapse_allowed(k, vma):
         raise SyscallError("EINVAL", "VMA not eligible for collapse")
     if hstart > hend:
@@ -262,13 +259,7 @@ def madvise_collapse(k: Kernel, task: Task, start: int, end: int) -> None:
         return  # no PMD to collapse: 0 of 0 succeeded
     last_error: str | None = None
     for addr in range(hstart, hend, geo.pmd_size):
-        vma = task.mm.find_vma(addr)
-        if vma is None or not huge_memory.thp_vma_suitable_order(k, vma, addr, geo.pmd_order):
-            last_error = "EINVAL"
-            continue
-        # Each VMA the range reaches is checked on its own (thp_vma_allowable_order with
-        # TVA_FORCED_COLLAPSE).
-        if not _collapse_allowed(k, vma):
+        if not huge_memory.thp_vma_suitable_order(k, vma, addr, geo.pmd_order):
             last_error = "EINVAL"
             continue
         if vma.is_anonymous:
