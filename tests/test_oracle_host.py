@@ -5,6 +5,7 @@ what the oracle needs (root, THP sysfs, pagemap PFNs, kpageflags, kernel >= 6.7)
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -122,3 +123,47 @@ def test_dax_is_not_translated() -> None:
         scenario_config(stmts)
     with pytest.raises(Untranslatable):
         scenario_config(parse_text("y.fsim", "config arch=arm64 granule=64K\ntask A\n"))
+
+
+def test_host_fuzz_programs_are_translatable() -> None:
+    """oracle host-fuzz programs use only what the host oracle can run (no DAX, no pins, the
+    host's fixed configuration), stay inside their own mappings (no length past a region)
+    and probe after every task statement."""
+    from foliosim.oracle.hostfuzz import host_program
+
+    for seed in range(25):
+        program = host_program(seed, 30)
+        text = "\n".join(program.lines) + "\n"
+        stmts = parse_text(f"<seed {seed}>", text)
+        scenario_config(stmts)  # raises Untranslatable otherwise
+        assert not any(" = pin " in line or line.startswith("unpin ") for line in program.lines)
+        assert not any(line.startswith(("devdax", "fsdax")) for line in program.lines)
+        tasks = [i for i, line in enumerate(program.lines) if re.match(r"^\w+: ", line)]
+        for i in tasks:
+            assert program.lines[i + 1].startswith("print "), program.lines[i : i + 2]
+
+
+@needs_host
+def test_host_fuzz_cli_runs_and_reports(tmp_path: Path) -> None:
+    """A short host-fuzz campaign runs on this kernel and reports its summary as JSON (exit 0
+    or 1: a disagreement is a finding, not an error)."""
+    result = CliRunner().invoke(
+        app,
+        [
+            "oracle",
+            "host-fuzz",
+            "--programs",
+            "3",
+            "--steps",
+            "8",
+            "--seed",
+            "7",
+            "--save",
+            str(tmp_path),
+            "--json",
+        ],
+    )
+    assert result.exit_code in (0, 1), result.output
+    summary = json.loads(result.output)
+    assert summary["programs"] == 3 and summary["observed_values"] > 0
+    assert summary["disagreeing_programs"] == len(list(tmp_path.glob("*.fsim")))
