@@ -173,9 +173,10 @@ def buddy_pieces(order: int, at: int) -> list[tuple[int, int]]:
     return sorted(pieces)
 
 
-def split_file_folio(k: Kernel, folio: Folio, at: int) -> list[Folio] | None:
+def split_file_folio(k: Kernel, folio: Folio, at: int, uniform: bool = False) -> list[Folio] | None:
     """try_folio_split_to_order() -> folio_split() (mm/huge_memory.c, 7.1.8) of a page-cache
-    or shmem folio at page ``at`` to order 0, non-uniformly (see buddy_pieces).
+    or shmem folio at page ``at`` to order 0, non-uniformly (see buddy_pieces); ``uniform``:
+    split_folio(), every page its own folio.
 
     Refused (None, THP_SPLIT_PAGE_FAILED for PMD-sized folios) when the folio holds
     references beyond the page cache's and its mappings' (a pin). PMD mappings are dropped
@@ -214,7 +215,10 @@ def split_file_folio(k: Kernel, folio: Folio, at: int) -> list[Folio] | None:
     folio.freed = True
     folio.refcount = 0
     pieces: list[Folio] = []
-    for first, order in buddy_pieces(folio.order, at):
+    pieces_at = (
+        [(i, 0) for i in range(folio.nr_pages)] if uniform else buddy_pieces(folio.order, at)
+    )
+    for first, order in pieces_at:
         piece = Folio(folio.pfn + first, order)
         piece.refcount = piece.nr_pages  # the page cache's references
         piece.mapping = file

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from foliosim.kernel import huge_memory
-from foliosim.kernel.huge_memory_split import split_folio
+from foliosim.kernel.huge_memory_split import split_file_folio, split_folio
 from foliosim.kernel.mm import VM, AnonVma
 from foliosim.kernel.mmap import SyscallError, page_align, split_vma_at
 from foliosim.kernel.pgtable import PTE_MARKER_GUARD
@@ -172,10 +172,14 @@ def madvise_pageout(k: Kernel, vma: VMA, start: int, end: int) -> None:
                 split_folio(k, folio)
     if vma.is_anonymous:
         return
+    # madvise_cold_or_pageout_pte_range: shared folios are left alone; a large folio the
+    # range only partly covers is split (split_folio) first, then the range is walked again.
     for folio, whole in _folios_in(k, vma, start, end, anon=False):
         assert isinstance(folio, Folio)
-        # madvise_cold_or_pageout_pte_range: shared folios are left alone; a large folio the
-        # range only partly covers would be split first (not modelled: left alone).
+        if folio.large and not whole and not folio_maybe_mapped_shared(k, folio):
+            split_file_folio(k, folio, 0, uniform=True)
+    for folio, whole in _folios_in(k, vma, start, end, anon=False):
+        assert isinstance(folio, Folio)
         if folio_maybe_mapped_shared(k, folio) or not whole or not folio.lru:
             continue
         shrink_file_folio(k, folio)
