@@ -16,7 +16,7 @@ _depth = 0
 
 @contextmanager
 def collect_less() -> Iterator[None]:
-    """Collect less often (cycles are still freed, every 50,000 net allocations) and leave
+    """Collect less often (cycles are still freed, every 200,000 net allocations) and leave
     the objects that exist already (imported modules) out of the walk. Only the outermost
     use changes and restores the settings, so nesting is harmless."""
     global _depth
@@ -29,7 +29,7 @@ def collect_less() -> Iterator[None]:
         return
     old = gc.get_threshold()
     gc.freeze()
-    gc.set_threshold(50_000, 20, 20)
+    gc.set_threshold(200_000, 20, 20)
     try:
         yield
     finally:

@@ -20,6 +20,7 @@ from foliosim.kernel.zap import unmap_page_range
 if TYPE_CHECKING:
     from foliosim.kernel.kernel import Kernel, Task
     from foliosim.kernel.mm import VMA
+    from foliosim.kernel.physmem import Folio
 
 ADVICES = (
     "DONTNEED",
@@ -126,19 +127,36 @@ def _folios_in(k: Kernel, vma: VMA, start: int, end: int, anon: bool) -> list[tu
     and shmem ones of any size), each once, with whether the range covers it whole. Special
     entries (the zero page) and ZONE_DEVICE folios are skipped, as vm_normal_page does."""
     seen: dict[int, tuple[object, bool]] = {}
+    geo = k.geometry
+    pgt = vma.mm.pgtables
+
+    def note(folio: Folio, first: int) -> None:
+        if folio.anon != anon or folio.zone_device or not (folio.large or not anon):
+            return
+        whole = first >= start and first + (folio.nr_pages << k.page_shift) <= end
+        seen.setdefault(folio.pfn, (folio, whole))
+
     addr = start
     while addr < end:
-        m = k.lookup(vma.mm, addr)
-        if m is not None and not m.special and m.folio.anon == anon and not m.folio.zone_device:
-            folio = m.folio
-            first = addr - (m.page << k.page_shift)
-            whole = first >= start and first + (folio.nr_pages << k.page_shift) <= end
-            if folio.large or not anon:
-                seen.setdefault(folio.pfn, (folio, whole))
-            if m.level != "pte":
-                addr = first + (folio.nr_pages << k.page_shift)
-                continue
-        addr += k.page_size
+        pmd_no = addr >> geo.pmd_shift
+        next_pmd = (pmd_no + 1) << geo.pmd_shift
+        table = pgt.pte_tables.get(pmd_no)
+        if table is None:
+            m = k.lookup(vma.mm, addr)  # a PMD or PUD leaf, or nothing
+            if m is not None and not m.special:
+                first = addr - (m.page << k.page_shift)
+                note(m.folio, first)
+                addr = max(first + (m.folio.nr_pages << k.page_shift), addr + k.page_size)
+            else:
+                addr = next_pmd
+            continue
+        base = pmd_no << geo.pmd_shift
+        lo = (addr - base) >> k.page_shift
+        hi = (min(end, next_pmd) - base + k.page_size - 1) >> k.page_shift
+        for slot, _nr, folio, page, special in table.runs(lo, hi):
+            if not special:
+                note(folio, base + ((slot - page) << k.page_shift))
+        addr = next_pmd
     return list(seen.values())
 
 
@@ -165,13 +183,13 @@ def madvise_pageout(k: Kernel, vma: VMA, start: int, end: int) -> None:
     from foliosim.kernel.physmem import Folio
     from foliosim.kernel.vmscan import shrink_file_folio
 
-    if k.config.swap_bytes == 0:
+    if vma.is_anonymous and k.config.swap_bytes == 0:
         for folio, _whole in _large_anon_folios(k, vma, start, end):
             assert isinstance(folio, Folio)
             if not folio_maybe_mapped_shared(k, folio):
                 split_folio(k, folio)
-    if vma.is_anonymous:
-        return
+    if vma.is_anonymous or vma.is_dax:
+        return  # ZONE_DEVICE folios are never reclaimed (folio_is_zone_device: skipped)
     # madvise_cold_or_pageout_pte_range: shared folios are left alone; a large folio the
     # range only partly covers is split (split_folio) first, then the range is walked again.
     for folio, whole in _folios_in(k, vma, start, end, anon=False):
