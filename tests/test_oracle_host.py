@@ -125,6 +125,18 @@ def test_dax_is_not_translated() -> None:
         scenario_config(parse_text("y.fsim", "config arch=arm64 granule=64K\ntask A\n"))
 
 
+def test_host_fuzz_shrink_keeps_a_disagreeing_program_small() -> None:
+    """shrink() drops every statement the predicate does not need and keeps the setup."""
+    from foliosim.oracle.hostfuzz import HostProgram, shrink
+
+    program = HostProgram(
+        1, ["config thp=madvise", "task T1", "T1: a = mmap 64K", "T1: write a 4K", "shrink"]
+    )
+    small = shrink(program, lambda p: "T1: a = mmap 64K" in p.statements)
+    assert small.statements == ["config thp=madvise", "task T1", "T1: a = mmap 64K"]
+    assert small.lines[-1].startswith("print T1.rss")
+
+
 def test_host_fuzz_programs_are_translatable() -> None:
     """oracle host-fuzz programs use only what the host oracle can run (no DAX, no pins, the
     host's fixed configuration), stay inside their own mappings (no length past a region)
@@ -145,8 +157,8 @@ def test_host_fuzz_programs_are_translatable() -> None:
 
 @needs_host
 def test_host_fuzz_cli_runs_and_reports(tmp_path: Path) -> None:
-    """A short host-fuzz campaign runs on this kernel and reports its summary as JSON (exit 0
-    or 1: a disagreement is a finding, not an error)."""
+    """A short host-fuzz campaign (shrinking what disagrees) runs on this kernel and reports
+    its summary as JSON (exit 0 or 1: a disagreement is a finding, not an error)."""
     result = CliRunner().invoke(
         app,
         [
@@ -160,6 +172,7 @@ def test_host_fuzz_cli_runs_and_reports(tmp_path: Path) -> None:
             "7",
             "--save",
             str(tmp_path),
+            "--shrink",
             "--json",
         ],
     )

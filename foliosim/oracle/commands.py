@@ -246,14 +246,18 @@ def host_fuzz(
     save_dir: Annotated[
         Path, typer.Option("--save", help="Where disagreeing programs are written.")
     ] = Path("fuzz-out/host"),
+    shrink_out: Annotated[
+        bool, typer.Option("--shrink", help="Shrink each disagreeing program before saving it.")
+    ] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Fuzz the model against this kernel: generated programs (no DAX, no pins) with RSS,
     level and folio-order probes after every statement, run on both; a disagreeing program is
-    saved as a scenario for triage. Exit 1 when any program disagrees."""
+    saved as a scenario for triage (with --shrink: the statements it still disagrees without
+    are dropped first). Exit 1 when any program disagrees."""
     from rich.progress import Progress
 
-    from foliosim.oracle.hostfuzz import host_program, save
+    from foliosim.oracle.hostfuzz import HostProgram, host_program, save, shrink
 
     check_preconditions()
     start = time.monotonic()
@@ -264,10 +268,24 @@ def host_fuzz(
         Progress(console=err, transient=True, disable=json_out) as progress,
     ):
         bar = progress.add_task("host programs", total=programs)
+
+        def run(program: HostProgram) -> HostResult:
+            name = f"<host-fuzz seed {program.seed}>"
+            text = "\n".join(program.lines) + "\n"
+            return run_scenario(name, parse_text(name, text), settings, attempts=1)
+
+        def still_disagrees(program: HostProgram) -> bool:
+            try:
+                return bool(run(program).disagreements)
+            except (ScenarioError, Untranslatable):  # a dropped line a later one needed
+                return False
+
         for s in range(seed, seed + programs):
             program = host_program(s, steps)
-            name = f"<host-fuzz seed {s}>"
-            result = run_scenario(name, parse_text(name, "\n".join(program.lines) + "\n"), settings)
+            result = run(program)
+            if result.disagreements and shrink_out:
+                program = shrink(program, still_disagrees)
+                result = run(program)
             observed = [r for r in result.rows if r.status != "not observable"]
             rows += len(observed)
             bad = [

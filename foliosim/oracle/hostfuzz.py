@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,7 +44,25 @@ class HostGenerator(Generator):
 @dataclass
 class HostProgram:
     seed: int
-    lines: list[str] = field(default_factory=list)
+    statements: list[str] = field(default_factory=list)  # without the probes
+
+    @property
+    def lines(self) -> list[str]:
+        """The program with a probe block after every task statement."""
+        out: list[str] = []
+        live = ["T1"]
+        for line in self.statements:
+            out.append(line)
+            if not _TASK.match(line):
+                continue
+            fork = _FORK.match(line)
+            if fork:
+                live.append(fork.group(2))
+            gone = _EXIT.match(line)
+            if gone and gone.group(1) in live:
+                live.remove(gone.group(1))
+            out += probes(line, live)
+        return out
 
 
 def host_program(seed: int, steps: int) -> HostProgram:
@@ -55,28 +74,30 @@ def host_program(seed: int, steps: int) -> HostProgram:
     gen = HostGenerator(seed, with_dax=False, config=f"thp={thp}{mthp}")
     out = HostProgram(seed)
     pins: set[str] = set()
-    live = ["T1"]
     for line in gen.program(steps):
         pin = _PIN.match(line)
         if pin:
             pins.add(pin.group(2))
             continue
         unpin = _UNPIN.match(line)
-        if unpin and unpin.group(1) in pins:
+        if (unpin and unpin.group(1) in pins) or line.startswith("memory "):
             continue
-        if line.startswith("memory "):
-            continue
-        out.lines.append(line)
-        if not _TASK.match(line):
-            continue
-        fork = _FORK.match(line)
-        if fork:
-            live.append(fork.group(2))
-        gone = _EXIT.match(line)
-        if gone and gone.group(1) in live:
-            live.remove(gone.group(1))
-        out.lines += probes(line, live)
+        out.statements.append(line)
     return out
+
+
+def shrink(program: HostProgram, disagrees: Callable[[HostProgram], bool]) -> HostProgram:
+    """Drop statements, last first, while the program still disagrees (setup lines stay):
+    what is left is the smallest program this greedy pass finds, probes regenerated."""
+    body = list(program.statements)
+    i = len(body) - 1
+    while i >= 0:
+        if _TASK.match(body[i]) or body[i].split()[0] in ("shrink", "truncate", "punch"):
+            trial = HostProgram(program.seed, body[:i] + body[i + 1 :])
+            if disagrees(trial):
+                body = trial.statements
+        i -= 1
+    return HostProgram(program.seed, body)
 
 
 def probes(line: str, live: list[str]) -> list[str]:
