@@ -124,16 +124,22 @@ def _large_anon_folios(k: Kernel, vma: VMA, start: int, end: int) -> list[tuple[
 
 def _folios_in(k: Kernel, vma: VMA, start: int, end: int, anon: bool) -> list[tuple[object, bool]]:
     """The folios mapped in [start, end) (anon: the large anonymous ones; else the page-cache
-    and shmem ones of any size), each once, with whether the range covers it whole. Special
-    entries (the zero page) and ZONE_DEVICE folios are skipped, as vm_normal_page does."""
+    and shmem ones of any size), each once, with whether the range covers it whole and its
+    PTEs map all of it in one batch. Special entries (the zero page) and ZONE_DEVICE folios
+    are skipped, as vm_normal_page does."""
     seen: dict[int, tuple[object, bool]] = {}
     geo = k.geometry
     pgt = vma.mm.pgtables
 
-    def note(folio: Folio, first: int) -> None:
+    def note(folio: Folio, first: int, batch: int | None = None) -> None:
         if folio.anon != anon or folio.zone_device or not (folio.large or not anon):
             return
         whole = first >= start and first + (folio.nr_pages << k.page_shift) <= end
+        if batch is not None and batch < folio.nr_pages:
+            # madvise_folio_pte_batch(): the PTEs from the first one met map fewer pages
+            # than the folio has (a hole, or a range starting inside it): it counts as
+            # partly covered.
+            whole = False
         seen.setdefault(folio.pfn, (folio, whole))
 
     addr = start
@@ -153,9 +159,9 @@ def _folios_in(k: Kernel, vma: VMA, start: int, end: int, anon: bool) -> list[tu
         base = pmd_no << geo.pmd_shift
         lo = (addr - base) >> k.page_shift
         hi = (min(end, next_pmd) - base + k.page_size - 1) >> k.page_shift
-        for slot, _nr, folio, page, special in table.runs(lo, hi):
+        for slot, nr, folio, page, special in table.runs(lo, hi):
             if not special:
-                note(folio, base + ((slot - page) << k.page_shift))
+                note(folio, base + ((slot - page) << k.page_shift), nr)
         addr = next_pmd
     return list(seen.values())
 
