@@ -461,33 +461,42 @@ def touch(
             return "SIGSEGV"
         if (write and not vma.flags & VM.WRITE) or not vma.flags & (VM.READ | VM.WRITE):
             return "SIGSEGV"
-        # Fast path: a present PTE that needs no fault (what k.lookup would find at PTE level).
         pmd_no = addr >> geo.pmd_shift
-        table = pgt.pte_tables.get(pmd_no)
-        if (
-            table is not None
-            and pmd_no not in pgt.pmd_leaves
-            and (addr >> geo.pud_shift) not in pgt.pud_leaves
-        ):
+        stop = min(end, vma.end)  # the next VMA may not allow the access
+        if pmd_no not in pgt.pmd_leaves and (addr >> geo.pud_shift) not in pgt.pud_leaves:
+            # PTE level, read straight from the table (what k.lookup would find, without
+            # building a Mapping per page): touch, or fault first, then touch.
+            table = pgt.pte_tables.get(pmd_no)
             slot = (addr >> k.page_shift) & (geo.ptrs_per_pte - 1)
-            if table.folios[slot] is not None and (not write or table.bits[slot] & PTE_WRITE):
-                stop = min(end, vma.end)  # the next VMA may not allow the access
+            present = table is not None and table.folios[slot] is not None
+            if present and (not write or table.bits[slot] & PTE_WRITE):  # type: ignore[union-attr]
                 addr += _touch_pte_run(k, table, slot, addr, stop, write, store) << k.page_shift
                 continue
-        m = k.lookup(mm, addr)
-        if m is None:
-            batched = _anon_batch(k, vma, addr, end, write, store)
-            if batched:
-                # The new entries are young, dirty and written already: nothing to touch.
-                addr += batched << k.page_shift
-                continue
-        if m is None or (write and not m.write):
+            if not present:
+                batched = _anon_batch(k, vma, addr, end, write, store)
+                if batched:
+                    # The new entries are young, dirty and written already: nothing to touch.
+                    addr += batched << k.page_shift
+                    continue
             signal = memory.handle_mm_fault(k, task, vma, addr, write)
             if signal:
                 return signal
+            if pmd_no not in pgt.pmd_leaves and (addr >> geo.pud_shift) not in pgt.pud_leaves:
+                table = pgt.pte_tables.get(pmd_no)
+                if table is None or table.folios[slot] is None:
+                    return "SIGBUS"
+                addr += _touch_pte_run(k, table, slot, addr, stop, write, store) << k.page_shift
+                continue
+            m = k.lookup(mm, addr)  # the fault mapped a huge leaf
+        else:
             m = k.lookup(mm, addr)
-            if m is None:
-                return "SIGBUS"
+            if m is not None and write and not m.write:
+                signal = memory.handle_mm_fault(k, task, vma, addr, write)
+                if signal:
+                    return signal
+                m = k.lookup(mm, addr)
+        if m is None:
+            return "SIGBUS"
         # Skip ahead over a whole present huge leaf in one step.
         step = page
         if m.level != "pte" and (not write or m.write):
@@ -504,7 +513,6 @@ def touch(
                 m.leaf.dirty = m.leaf.dirty or write
         else:
             assert m.table is not None
-            stop = min(end, vma.end)
             step = _touch_pte_run(k, m.table, m.slot, addr, stop, write, store) << k.page_shift
         addr += step
     return None
