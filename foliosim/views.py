@@ -16,6 +16,7 @@ from foliosim.scenario.statements import parse_text
 if TYPE_CHECKING:
     from foliosim.kernel.kernel import Kernel, Task
     from foliosim.kernel.mm import VMA
+    from foliosim.kernel.pgtable import Leaf
     from foliosim.kernel.physmem import Folio
 
 
@@ -234,6 +235,12 @@ def _leaf_label(folio: Folio, special: bool) -> str:
     return "special" if special else f"pfn {folio.pfn:#x}"
 
 
+def _leaf_line(prefix: str, addr: int, size: int, leaf: Leaf) -> str:
+    """One huge leaf of the page-table tree: level, address, size, access, what it maps."""
+    rw = "RW" if leaf.write else "ro"
+    return f"{prefix} {addr:#014x} {human(size)} leaf {rw} {_leaf_label(leaf.folio, leaf.special)}"
+
+
 def human(nbytes: int) -> str:
     for unit, shift in (("G", 30), ("M", 20), ("K", 10)):
         if nbytes >= 1 << shift and nbytes % (1 << shift) == 0:
@@ -285,22 +292,14 @@ def ptdump_lines(k: Kernel, task: Task) -> list[str]:
         addr = pud_no << geo.pud_shift
         leaf = pgt.pud_leaves.get(pud_no)
         if leaf is not None:
-            rw = "RW" if leaf.write else "ro"
-            lines.append(
-                f"└─ PUD {addr:#014x} {human(geo.pud_size)} leaf {rw} "
-                f"{_leaf_label(leaf.folio, leaf.special)}"
-            )
+            lines.append(_leaf_line("└─ PUD", addr, geo.pud_size, leaf))
             continue
         lines.append(f"└─ PUD {addr:#014x} -> PMD table")
         for pmd_no in sorted(pmds_by_pud[pud_no]):
             paddr = pmd_no << geo.pmd_shift
             pleaf = pgt.pmd_leaves.get(pmd_no)
             if pleaf is not None:
-                rw = "RW" if pleaf.write else "ro"
-                lines.append(
-                    f"   └─ PMD {paddr:#014x} {human(geo.pmd_size)} leaf {rw} "
-                    f"{_leaf_label(pleaf.folio, pleaf.special)}"
-                )
+                lines.append(_leaf_line("   └─ PMD", paddr, geo.pmd_size, pleaf))
                 continue
             table = pgt.pte_tables[pmd_no]
             lines.append(f"   └─ PMD {paddr:#014x} -> PTE table ({table.present} present)")
