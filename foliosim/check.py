@@ -156,6 +156,15 @@ def _rss_index(f: Folio) -> int:
     return 3 if f.swapbacked else 0
 
 
+def cache_refs(f: Folio) -> int:
+    """The references the page cache holds on f: nr_pages while f caches its file's index
+    (an anonymous folio never does: swap cache is not modelled)."""
+    mapping = f.mapping
+    if f.anon or mapping is None or getattr(mapping, "cache", {}).get(f.index) is not f:
+        return 0
+    return int(f.nr_pages)
+
+
 def _check_folio(k: Kernel, f: Folio, t: Tally, gets: int) -> list[Violation]:
     out: list[Violation] = []
 
@@ -171,10 +180,7 @@ def _check_folio(k: Kernel, f: Folio, t: Tally, gets: int) -> list[Violation]:
         if f.refcount:
             bad("freed-referenced", f"freed (or split) folio {f!r} still holds references")
         return out
-    in_cache = 0
-    mapping = f.mapping
-    if mapping is not None and getattr(mapping, "cache", {}).get(f.index) is f:
-        in_cache = f.nr_pages
+    in_cache = cache_refs(f)
     pins = f.pincount if f.large else f.pins_small * GUP_PIN_COUNTING_BIAS
     idle = f.pgmap.idle_refcount if f.pgmap is not None else 0
     expected = mapped_entries + in_cache + pins + gets + idle

@@ -23,6 +23,7 @@ from foliosim.check import (
     _check_folio,
     _extra_refs,
     _rss_index,
+    cache_refs,
     check_deposits,
 )
 from foliosim.kernel.pgtable import PTE_SPECIAL, PteTable
@@ -247,11 +248,7 @@ def _small_folio_ok(f: Folio, t: Tally) -> bool:
     mapped once."""
     if f.freed:
         return not f.refcount and not tally_entries(t)
-    mapping = f.mapping
-    in_cache = 0
-    if not f.anon and mapping is not None and getattr(mapping, "cache", {}).get(f.index) is f:
-        in_cache = 1
-    if f.refcount != t.pte_total + in_cache + f.pins_small * GUP_PIN_COUNTING_BIAS:
+    if f.refcount != t.pte_total + cache_refs(f) + f.pins_small * GUP_PIN_COUNTING_BIAS:
         return False
     if f.mapcount_small != t.pte_total:
         return False
