@@ -169,28 +169,29 @@ class Kernel:
                     freed_small.append(folio)
         if freed_small:
             for folio in freed_small:
-                if folio.mapcount_small:
-                    self.reports.add(
-                        "BUG", "free_pages_prepare", f"Bad page state: {folio!r} still mapped"
-                    )
-                folio.anon = False
+                self._free_pages_prepare(folio)
             self.physmem.free_small_folios(freed_small)
 
     def _free_folio(self, folio: Folio) -> None:
-        """__folio_put(): checks of free_pages_prepare (bad page state) then free."""
-        if folio.folio_mapped():
+        """__folio_put(): the checks of free_pages_prepare, then free."""
+        self._free_pages_prepare(folio)
+        self.physmem.free_folio(folio)
+
+    def _free_pages_prepare(self, folio: Folio) -> None:
+        """free_pages_prepare() / free_tail_page_prepare() (mm/page_alloc.c, 7.1.8): a folio
+        freed with a mapcount that is not zero (either sign), or an MM-id slot still holding
+        mappings, is a bad page; the folio stops being anonymous."""
+        if folio.folio_mapcount():
             self.reports.add("BUG", "free_pages_prepare", f"Bad page state: {folio!r} still mapped")
         elif folio.mm_ids is not None:
-            for i in (0, 1):  # free_tail_page_prepare (mm/page_alloc.c) with CONFIG_MM_ID
+            for i in (0, 1):  # with CONFIG_MM_ID
                 if folio.mm_ids.mapcounts[i]:
                     self.reports.add(
                         "BUG", "free_pages_prepare", f"Bad page state: nonzero mm mapcount {i}"
                     )
                     break
-        if folio.anon:
-            # The mTHP counter MTHP_STAT_NR_ANON is maintained at free; no vmstat item here.
-            folio.anon = False
-        self.physmem.free_folio(folio)
+        # The mTHP counter MTHP_STAT_NR_ANON is maintained at free; no vmstat item here.
+        folio.anon = False
 
     def add_file(self, file: BackingFile) -> None:
         self.files[file.name] = file
