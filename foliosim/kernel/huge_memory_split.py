@@ -227,7 +227,7 @@ def split_file_folio(k: Kernel, folio: Folio, at: int, uniform: bool = False) ->
         piece.dirty = folio.dirty
         piece.lru = True
         if folio.written is not None and folio.written[first : first + piece.nr_pages].any():
-            piece.mark_written_mask(folio.written[first : first + piece.nr_pages])
+            piece.mark_written_mask_at(0, folio.written[first : first + piece.nr_pages])
         k.physmem._register(piece)
         file.cache[piece.index] = piece
         file.orders.add(order)

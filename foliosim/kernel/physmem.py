@@ -216,7 +216,8 @@ class Folio:
         self.written[first : first + nr] = True
 
     def mark_written_mask_at(self, first: int, mask: np.ndarray[Any, Any]) -> None:
-        """Pages first.. of this folio hold what the pages ``mask`` marks (a collapse)."""
+        """Pages first.. of this folio hold what the pages ``mask`` marks (a collapse, or a
+        split piece taking over its part of the old folio)."""
         if not mask.any():
             return
         if not self.large:
@@ -225,15 +226,6 @@ class Folio:
         if self.written is None:
             self.written = np.zeros(self.nr_pages, dtype=np.bool_)
         self.written[first : first + mask.shape[0]] |= mask
-
-    def mark_written_mask(self, mask: np.ndarray[Any, Any]) -> None:
-        """Take over a split folio's "written" pages for this piece."""
-        if not mask.any():
-            return
-        if self.large:
-            self.written = mask.copy()
-        else:
-            self.written = WRITTEN_ONE
 
     def page_exclusive(self, i: int) -> bool:
         return bool(self.anon_exclusive is not None and self.anon_exclusive[i])
