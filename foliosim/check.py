@@ -207,13 +207,14 @@ def _check_folio(k: Kernel, f: Folio, t: Tally, gets: int) -> list[Violation]:
                 if f.page_mapcounts is not None
                 else np.zeros(f.nr_pages, dtype=np.int32)
             )
-            if not np.array_equal(per_page, actual):
+            if per_page.shape != actual.shape or (per_page != actual).any():
                 first = int(np.flatnonzero(per_page != actual)[0])
                 bad(
                     "page_mapcount",
                     f"page {first}: mapcount {int(actual[first])} != {int(per_page[first])} PTEs",
                 )
-            expect_raw = int((per_page > 0).sum()) + (ENTIRELY_MAPPED if t.pmds + t.puds else 0)
+            entire = ENTIRELY_MAPPED if t.pmds + t.puds else 0
+            expect_raw = np.count_nonzero(per_page > 0) + entire
             if f.nr_pages_mapped_raw != expect_raw:
                 bad(
                     "nr_pages_mapped",
@@ -278,7 +279,7 @@ def _check_anon(k: Kernel, f: Folio, t: Tally, bad: Callable[[str, str], None]) 
                     f"{int(counts[shared[0]])} times",
                 )
     if f.order > 1 and not t.pmds and not t.puds and k.config.page_mapcount:
-        mapped = int((t.ptes > 0).sum()) if t.ptes is not None else 0
+        mapped = np.count_nonzero(t.ptes > 0) if t.ptes is not None else 0
         if 0 < mapped < f.nr_pages and not (f.partially_mapped and f.deferred):
             bad(
                 "deferred-split",
@@ -294,7 +295,7 @@ def _add_stats(k: Kernel, f: Folio, t: Tally, stats: dict[str, int]) -> None:
         # Without per-page mapcounts a large folio counts whole while mapped at all.
         pages_mapped = f.nr_pages
     elif t.ptes is not None:
-        pages_mapped = int((t.ptes > 0).sum())
+        pages_mapped = int(np.count_nonzero(t.ptes > 0))
     elif not f.large and t.pte_total:
         pages_mapped = 1
     stats["nr_anon_pages" if f.anon else "nr_mapped"] += pages_mapped

@@ -167,17 +167,26 @@ class IncrementalChecker:
         out: list[Violation] = []
         gets = _extra_refs(k) if getattr(k, "pinsets", None) else {}
         tallies = self.tallies
+        folios = self.folios
+        queue = k.physmem.deferred_split_queue
+        queued: list[int] = []  # folios the deferred-split checks must look at
         for key in dirty:
-            folio = self.folios[key]
+            folio = folios[key]
             tally = tallies.get(key, _NO_TALLY)
             if folio.large or folio.zero or folio.pgmap is not None or key in gets:
                 out.extend(_check_folio(k, folio, tally, gets.get(key, 0)))
-            elif not _small_folio_ok(folio, tally):
-                out.extend(_check_folio(k, folio, tally, 0))  # for the full diagnosis
-            if key in moved or folio.freed:
-                self._restat(key, folio, tally)
+                if key in moved or folio.freed:
+                    self._restat(key, folio, tally)
+                queued.append(key)
+            else:
+                # An order-0 RAM folio (most of what a step touches): _check_folio's verdict,
+                # _restat and the queue checks inlined, messages only when something is off.
+                if not self._small_folio_ok(key, folio, tally, key in moved):
+                    out.extend(_check_folio(k, folio, tally, 0))  # for the full diagnosis
+                if folio.deferred or folio.partially_mapped or queue.get(folio.pfn) is folio:
+                    queued.append(key)
             if folio.freed and not tally.pte_total + tally.pmds + tally.puds:
-                self.folios.pop(key, None)
+                folios.pop(key, None)
                 tallies.pop(key, None)
         for item in STAT_ITEMS:
             have = k.vmstat.counters.get(item, 0)
@@ -197,8 +206,41 @@ class IncrementalChecker:
                             "rss", f"mm {mm_id} {name} is {mm.rss[i]}, page tables map {rss[i]}"
                         )
                     )
-        out.extend(self._check_queue(dirty))
+        out.extend(self._check_queue(queued))
         return out
+
+    def _small_folio_ok(self, key: int, f: Folio, t: Tally, moved: bool) -> bool:
+        """_check_folio's verdict for an order-0 RAM folio with no `pin ... get` references,
+        without building messages: freed ones are unmapped and unreferenced; live ones hold
+        references = PTEs + page cache + pins, mapcount = PTEs, and AnonExclusive only while
+        mapped once. Also _restat's work for it (one page mapped or not) when its tallies
+        moved or it was freed."""
+        ptes = t.pte_total
+        if f.freed:
+            old = self.contrib.pop(key, None)
+            if old is not None:
+                for item, value in old:
+                    self.totals[item] -= value
+            return not f.refcount and not (ptes or t.pmds or t.puds)
+        if moved:
+            old = self.contrib.pop(key, None)
+            if old is not None:
+                for item, value in old:
+                    self.totals[item] -= value
+            if ptes:
+                item = "nr_anon_pages" if f.anon else "nr_mapped"
+                self.contrib[key] = ((item, 1),)
+                self.totals[item] += 1
+        if f.mapcount_small != ptes:
+            return False
+        if f.anon:
+            exclusive = f.anon_exclusive
+            if exclusive is not None and exclusive[0] and ptes > 1:
+                return False
+            refs = ptes
+        else:
+            refs = ptes + cache_refs(f)
+        return bool(f.refcount == refs + f.pins_small * GUP_PIN_COUNTING_BIAS)
 
     def _restat(self, key: int, folio: Folio, tally: Tally) -> None:
         totals = self.totals
@@ -218,7 +260,7 @@ class IncrementalChecker:
             for item, value in new.items():
                 totals[item] += value
 
-    def _check_queue(self, dirty: set[int]) -> list[Violation]:
+    def _check_queue(self, dirty: list[int]) -> list[Violation]:
         out = []
         queue = self.k.physmem.deferred_split_queue
         for key in dirty:
@@ -239,21 +281,6 @@ _NO_TALLY = Tally()  # read-only stand-in for folios no entry maps
 
 def tally_entries(t: Tally) -> int:
     return t.pte_total + t.pmds + t.puds
-
-
-def _small_folio_ok(f: Folio, t: Tally) -> bool:
-    """_check_folio's verdict for an order-0 RAM folio with no `pin ... get` references,
-    without building messages: freed ones are unmapped and unreferenced; live ones hold
-    references = PTEs + page cache + pins, mapcount = PTEs, and AnonExclusive only while
-    mapped once."""
-    if f.freed:
-        return not f.refcount and not tally_entries(t)
-    if f.refcount != t.pte_total + cache_refs(f) + f.pins_small * GUP_PIN_COUNTING_BIAS:
-        return False
-    if f.mapcount_small != t.pte_total:
-        return False
-    exclusive = f.anon_exclusive
-    return not (f.anon and exclusive is not None and exclusive[0] and t.pte_total > 1)
 
 
 class Snapshot:

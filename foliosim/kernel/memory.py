@@ -14,9 +14,15 @@ import numpy as np
 from foliosim.kernel import huge_memory, rmap
 from foliosim.kernel.filemap import filemap_fault, filemap_map_pages
 from foliosim.kernel.mm import MM_ANONPAGES, VM
-from foliosim.kernel.pgtable import PTE_DIRTY, PTE_SPECIAL, PTE_WRITE, PTE_YOUNG, PteTable
+from foliosim.kernel.pgtable import (
+    PTE_DIRTY,
+    PTE_MARKER_GUARD,
+    PTE_SPECIAL,
+    PTE_WRITE,
+    PTE_YOUNG,
+    PteTable,
+)
 from foliosim.kernel.physmem import EXCLUSIVE_ONE, WRITTEN_ONE, Folio
-from foliosim.kernel.walk import has_guard_marker
 
 if TYPE_CHECKING:
     from foliosim.kernel.kernel import Kernel, Task
@@ -91,12 +97,11 @@ def handle_mm_fault(k: Kernel, task: Task, vma: VMA, addr: int, write: bool) -> 
 
 def handle_pte_fault(k: Kernel, vma: VMA, addr: int, write: bool) -> str | None:
     """handle_pte_fault() (mm/memory.c, 7.1.8)."""
-    mm = vma.mm
-    if has_guard_marker(mm, addr, k.page_shift, k.geometry.pmd_shift):
-        return SIGSEGV  # a PTE_MARKER_GUARD faults with VM_FAULT_SIGSEGV
-    table = mm.pgtables.pte_table(addr >> k.geometry.pmd_shift, create=True)
-    assert table is not None
     slot = (addr >> k.page_shift) & (k.geometry.ptrs_per_pte - 1)
+    table = vma.mm.pgtables.pte_table(addr >> k.geometry.pmd_shift, create=True)
+    assert table is not None
+    if table.bits[slot] & PTE_MARKER_GUARD:
+        return SIGSEGV  # a PTE_MARKER_GUARD faults with VM_FAULT_SIGSEGV
     if table.folios[slot] is None:
         if vma.is_dax and vma.file is not None:
             return vma.file.huge_fault(k, vma, addr, write, 0)  # type: ignore[attr-defined,no-any-return]

@@ -40,6 +40,7 @@ from foliosim.kernel.pgtable import (
     PTE_WRITE,
     PTE_YOUNG,
 )
+from foliosim.kernel.physmem import WRITTEN_ONE
 from foliosim.scenario.parser import Addr, Num, ScenarioError, Stmt, size_value
 from foliosim.scenario.queries import QValue, UnknownCounter
 from foliosim.variants import get_variant
@@ -455,12 +456,15 @@ def touch(
     mm = task.mm
     pgt = mm.pgtables
     geo = k.geometry
+    vma = None
     while addr < end:
-        vma = mm.find_vma(addr)
-        if vma is None:
-            return "SIGSEGV"
-        if (write and not vma.flags & VM.WRITE) or not vma.flags & (VM.READ | VM.WRITE):
-            return "SIGSEGV"
+        # Faults never change the VMA list: the VMA found stays valid while addr is inside it.
+        if vma is None or addr >= vma.end:
+            vma = mm.find_vma(addr)
+            if vma is None:
+                return "SIGSEGV"
+            if (write and not vma.flags & VM.WRITE) or not vma.flags & (VM.READ | VM.WRITE):
+                return "SIGSEGV"
         pmd_no = addr >> geo.pmd_shift
         stop = min(end, vma.end)  # the next VMA may not allow the access
         if pmd_no not in pgt.pmd_leaves and (addr >> geo.pud_shift) not in pgt.pud_leaves:
@@ -563,10 +567,15 @@ def _touch_pte_run(
     nxt = slot + 1
     if nxt >= last or table.folios[nxt] is None or (write and not table.bits[nxt] & PTE_WRITE):
         # One page (the common case right after a fault): no NumPy slicing.
-        table.bits[slot] |= PTE_YOUNG | (PTE_DIRTY if write else 0)
-        folio = table.folios[slot]
-        if store and write and not table.bits[slot] & PTE_SPECIAL and not folio.zone_device:
-            folio.mark_written(int(table.index[slot]))
+        bits = table.bits[slot] | PTE_YOUNG | (PTE_DIRTY if write else 0)
+        table.bits[slot] = bits
+        if store and write and not bits & PTE_SPECIAL:
+            folio = table.folios[slot]
+            if folio.pgmap is None:  # device memory keeps no "written" record
+                if folio.large:
+                    folio.mark_written(int(table.index[slot]))
+                else:
+                    folio.written = WRITTEN_ONE  # Folio.mark_written() of an order-0 folio
         return 1
     folios = table.folios[slot:last]
     bits = table.bits[slot:last]
