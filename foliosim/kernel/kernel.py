@@ -16,7 +16,7 @@ from foliosim.kernel.mm import MM
 from foliosim.kernel.ownership import Ownership
 from foliosim.kernel.physmem import Folio, OutOfMemory, PhysMem
 from foliosim.kernel.reports import ReportLog, VmStat
-from foliosim.kernel.walk import Mapping, MappingRef, lookup, mappings_of
+from foliosim.kernel.walk import Mapping, MappingRef, file_mappings_of, lookup, mappings_of
 from foliosim.variants import Variant
 
 if TYPE_CHECKING:
@@ -217,8 +217,11 @@ class Kernel:
         return list(seen.values())
 
     def rmap_walk(self, folio: Folio) -> list[MappingRef]:
-        """Every page-table entry mapping the folio (see walk.mappings_of)."""
+        """Every page-table entry mapping the folio: a page-cache or shmem folio's through
+        its file's VMAs (walk.file_mappings_of), others by scanning (walk.mappings_of)."""
         geo = self.geometry
+        if not folio.anon and folio.pgmap is None and isinstance(folio.mapping, BackingFile):
+            return file_mappings_of(self.live_mms(), folio, geo.pmd_shift, geo.page_shift)
         return mappings_of(self.live_mms(), folio, geo.pmd_shift, geo.pud_shift, geo.page_shift)
 
     def lookup(self, mm: MM, addr: int) -> Mapping | None:

@@ -105,3 +105,51 @@ def mappings_of(
                     MappingRef(mm, addr, "pte", int(table.index[slot]), 1, None, table, slot)
                 )
     return out
+
+
+def file_mappings_of(
+    mms: list[MM], folio: Folio, geo_pmd_shift: int, page_shift: int
+) -> list[MappingRef]:
+    """rmap_walk_file() (mm/rmap.c, 7.1.8) for a page-cache or shmem folio: only the VMAs
+    that map its file over its index range are visited (the kernel walks the file's i_mmap
+    tree), and in each only the entries at the folio's linear addresses (vma_address()).
+    Leaves out: the i_mmap lock and nonlinear (remap_file_pages) mappings, gone since 4.0."""
+    import numpy as np
+
+    out: list[MappingRef] = []
+    file = folio.mapping
+    first, last = folio.index, folio.index + folio.nr_pages  # pages [first, last)
+    pmd_pages_shift = geo_pmd_shift - page_shift
+    for mm in mms:
+        pgt = mm.pgtables
+        for vma in mm.vmas:
+            if vma.file is not file:
+                continue
+            vma_first = vma.pgoff
+            vma_last = vma.pgoff + ((vma.end - vma.start) >> page_shift)
+            lo, hi = max(first, vma_first), min(last, vma_last)
+            if lo >= hi:
+                continue
+            start = vma.start + ((lo - vma_first) << page_shift)
+            end = vma.start + ((hi - vma_first) << page_shift)
+            for pmd_no in range(start >> geo_pmd_shift, ((end - 1) >> geo_pmd_shift) + 1):
+                leaf = pgt.pmd_leaves.get(pmd_no)
+                if leaf is not None:
+                    if leaf.folio is folio:
+                        nr = 1 << pmd_pages_shift
+                        out.append(MappingRef(mm, pmd_no << geo_pmd_shift, "pmd", 0, nr, leaf))
+                    continue
+                table = pgt.pte_tables.get(pmd_no)
+                if table is None or not table.present:
+                    continue
+                base = pmd_no << geo_pmd_shift
+                s_lo = max(start - base, 0) >> page_shift
+                s_hi = min(end - base, 1 << geo_pmd_shift) >> page_shift
+                window = table.folios[s_lo:s_hi]
+                for raw_slot in np.flatnonzero(window == folio):
+                    slot = int(raw_slot) + s_lo
+                    addr = base + (slot << page_shift)
+                    out.append(
+                        MappingRef(mm, addr, "pte", int(table.index[slot]), 1, None, table, slot)
+                    )
+    return out
