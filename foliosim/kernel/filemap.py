@@ -258,6 +258,9 @@ def fill_file(k: Kernel, file: BackingFile) -> None:
     pmd_nr = 1 << k.geometry.pmd_order
     index = 0
     cached_before = bool(file.cache)  # folios added below lie behind ``index``
+    if not cached_before and file.kind == "pagecache" and file.huge != "always":
+        _fill_small(k, file, nr)
+        return
     while index < nr:
         if cached_before and file.find_folio(index) is not None:
             index += 1
@@ -279,3 +282,16 @@ def fill_file(k: Kernel, file: BackingFile) -> None:
         folio.dirty = True
         folio.mark_written(0, folio.nr_pages)
         index = folio.index + folio.nr_pages
+
+
+def _fill_small(k: Kernel, file: BackingFile, nr: int) -> None:
+    """fill_file() of an empty page-cache file that caches order-0 folios, allocating in one
+    batch (alloc_pages_bulk hands out the pfns nr alloc_folio(0) calls would); stops where
+    memory runs out, as the page-by-page loop does."""
+    folios = k.physmem.alloc_pages_bulk(nr)
+    k.touched.update(folios)
+    for index, folio in enumerate(folios):
+        folio.refcount -= 1  # the cache's reference (filemap_add_folio) replaces it
+        filemap_add_folio(k, file, folio, index)
+        folio.dirty = True
+        folio.mark_written()
