@@ -66,7 +66,10 @@ class IncrementalChecker:
             t = self.tallies[key]
             t.pte_total += sign * nr
             if folio.order:  # a small folio's one page is counted by pte_total alone
-                t.per_page(folio)[page : page + nr] += sign
+                if nr == 1:
+                    t.per_page(folio)[page] += sign  # no slice for one PTE
+                else:
+                    t.per_page(folio)[page : page + nr] += sign
             rss[counter] += sign * nr
             dirty.add(key)
 

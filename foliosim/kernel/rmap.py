@@ -252,7 +252,8 @@ def __folio_remove_rmap(
                 if folio.nr_pages_mapped_raw < ENTIRELY_MAPPED:
                     nr = last
             partially_mapped = bool(nr) and folio.nr_pages_mapped_raw != 0
-            folio.release_page_state()
+            if not folio.nr_pages_mapped_raw & FOLIO_PAGES_MAPPED:
+                folio.release_page_state()  # no page counted as PTE-mapped: maybe nothing left
     else:
         if variant.pud_rmap_as_pages and level == Level.PUD:
             folio.mapcounts_array()[:] -= 1

@@ -139,11 +139,14 @@ def zap_pte_range(
             puts.append(folio)
             refs.append(1)
             continue
-        run_bits = bits[slot : slot + nr]
         if not folio.anon:
-            if (run_bits & PTE_DIRTY).any():
+            # The bits any entry of the run has (one reduction instead of a test per bit).
+            run_bits = (
+                int(bits[slot]) if nr == 1 else int(np.bitwise_or.reduce(bits[slot : slot + nr]))
+            )
+            if run_bits & PTE_DIRTY:
                 folio.dirty = True
-            if (run_bits & PTE_YOUNG).any():
+            if run_bits & PTE_YOUNG:
                 folio.referenced = True
         rss[mm_counter(folio)] -= nr
         if not forgets_rmap and (variant.dax_mapcount or not folio.zone_device):
