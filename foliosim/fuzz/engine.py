@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from foliosim.check import check_all
 from foliosim.check_incremental import IncrementalChecker
 from foliosim.fuzz.program import Generator
+from foliosim.gc_policy import collect_after
 from foliosim.scenario.parser import ScenarioError, Stmt
 from foliosim.scenario.runner import Run, StmtResult, build_kernel, run_statement
 from foliosim.scenario.statements import parse_text
@@ -71,7 +72,21 @@ def run_program(
     ownership: bool = True,
 ) -> Outcome:
     """Run program text statement by statement; stop at the first failure. Invariants are
-    checked incrementally after every statement (``full_check``: the whole model each time)."""
+    checked incrementally after every statement (``full_check``: the whole model each time).
+    The cyclic collector runs once, after the program (gc_policy.collect_after)."""
+    return collect_after(
+        lambda: _run_program(lines, variant, check, full_check, allow_known, ownership)
+    )
+
+
+def _run_program(
+    lines: list[str],
+    variant: str | None,
+    check: bool,
+    full_check: bool,
+    allow_known: bool,
+    ownership: bool,
+) -> Outcome:
     text = "\n".join(lines) + "\n"
     try:
         stmts = parse_text("<fuzz>", text)
