@@ -132,3 +132,17 @@ def test_ray_cluster_campaign() -> None:
     finally:
         cluster.shutdown()
     _assert_same_as_local(remote)
+
+
+def test_a_finished_program_leaves_no_folios_behind() -> None:
+    """run_program frees the dead kernel before it returns (gc_policy.collect_after), page
+    cache cycles held through NumPy object arrays included: no Folio stays tracked."""
+    import gc
+
+    from foliosim.kernel.physmem import Folio
+
+    assert gc.isenabled()
+    for seed in (424243, 424244, 424247):  # programs with filled page-cache files
+        outcome = run_program(program_for(seed, 100, None), None)
+        assert outcome.steps == 110 and not outcome.failed
+        assert not any(isinstance(o, Folio) for o in gc.get_objects())
