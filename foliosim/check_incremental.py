@@ -117,10 +117,10 @@ class IncrementalChecker:
                 if snap is not None:  # a table freed and allocated again: all new
                     self._apply_runs(mm.id, snap.runs(), -1, dirty)
                 snap = self.snapshots[key] = Snapshot(table)
-                lo, hi = 0, table.folios.shape[0]
+                lo, hi = 0, table.nr_slots
             else:
                 lo, hi = table.lo, table.hi
-            table.lo, table.hi = table.folios.shape[0], 0
+            table.lo, table.hi = table.nr_slots, 0
             if lo < hi:
                 removed, added = snap.update(lo, hi)
                 self._apply_runs(mm.id, removed, -1, dirty)
@@ -294,7 +294,7 @@ class Snapshot:
     __slots__ = ("counters", "folios", "index", "table")
 
     def __init__(self, table: PteTable) -> None:
-        n = table.folios.shape[0]
+        n = table.nr_slots
         self.table = table
         self.folios: np.ndarray[Any, Any] = np.full(n, None, dtype=object)
         self.index: np.ndarray[Any, Any] = np.zeros(n, dtype=np.int32)
@@ -310,9 +310,7 @@ class Snapshot:
         table = self.table
         if hi - lo == 1:  # one entry (most faults): no NumPy slicing
             return self._update_one(lo)
-        new_f = table.folios[lo:hi]
-        new_i = table.index[lo:hi]
-        tallied = (new_f != None) & ((table.bits[lo:hi] & PTE_SPECIAL) == 0)  # noqa: E711
+        new_f, new_i, tallied = _window(table, lo, hi)
         old_c = self.counters[lo:hi]
         moved = (self.folios[lo:hi] != new_f) | (self.index[lo:hi] != new_i)
         moved |= (old_c >= 0) != tallied
@@ -323,8 +321,8 @@ class Snapshot:
         removed = _group(gone, self.folios, self.index, self.counters)
         self.counters[pos] = -1
         came = pos[tallied[pos - lo]]
-        self.folios[pos] = table.folios[pos]
-        self.index[pos] = table.index[pos]
+        self.folios[pos] = new_f[pos - lo]
+        self.index[pos] = new_i[pos - lo]
         added = _group(came, self.folios, self.index, None)
         if added:  # the runs split ``came`` in order: one counter per run, repeated
             self.counters[came] = np.repeat([r[3] for r in added], [r[2] for r in added])
@@ -332,8 +330,8 @@ class Snapshot:
 
     def _update_one(self, slot: int) -> tuple[list[Run], list[Run]]:
         table = self.table
-        folio = table.folios[slot]
-        page = int(table.index[slot])
+        entry = table.entry(slot)
+        folio, page = (None, 0) if entry is None else entry
         tallied = folio is not None and not table.bits[slot] & PTE_SPECIAL
         old_c = int(self.counters[slot])
         old_f = self.folios[slot]
@@ -342,12 +340,34 @@ class Snapshot:
         removed: list[Run] = [(old_f, int(self.index[slot]), 1, old_c)] if old_c >= 0 else []
         self.folios[slot] = folio
         self.index[slot] = page
-        if tallied:
+        if tallied and folio is not None:
             counter = _rss_index(folio)
             self.counters[slot] = counter
             return removed, [(folio, page, 1, counter)]
         self.counters[slot] = -1
         return removed, []
+
+
+def _window(
+    table: PteTable, lo: int, hi: int
+) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    """Per slot of [lo, hi): the folio the entry maps (None: no page), the page inside it,
+    and whether the checker tallies it (present and not special)."""
+    n = hi - lo
+    folios: np.ndarray[Any, Any] = np.full(n, None, dtype=object)
+    index: np.ndarray[Any, Any] = np.zeros(n, dtype=np.int32)
+    tallied: np.ndarray[Any, Any] = np.zeros(n, dtype=np.bool_)
+    for slot, nr, folio, page, special in table.runs(lo, hi):
+        at = slot - lo
+        if nr == 1:
+            folios[at] = folio
+            index[at] = page
+        else:
+            folios[at : at + nr] = folio
+            index[at : at + nr] = np.arange(page, page + nr, dtype=np.int32)
+        if not special:
+            tallied[at : at + nr] = True
+    return folios, index, tallied
 
 
 def _group(

@@ -208,8 +208,7 @@ def level_runs(k: Kernel, vma: VMA) -> list[Run_]:
         base = pmd_no << geo.pmd_shift
         for slot in range((addr - base) >> k.page_shift, (stop - base) >> k.page_shift):
             a = base + (slot << k.page_shift)
-            folio = table.folios[slot]
-            if folio is None:
+            if table.pfn[slot] < 0:
                 level = "guard" if table.bits[slot] & PTE_MARKER_GUARD else "none"
                 pieces.append((a, a + k.page_size, level, ""))
             else:

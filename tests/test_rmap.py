@@ -16,7 +16,7 @@ from foliosim.kernel.physmem import ENTIRELY_MAPPED
 
 
 def file_vma(k) -> VMA:  # type: ignore[no-untyped-def]
-    mm = MM(k.geometry.ptrs_per_pte, k.mmap_base())
+    mm = MM(k.geometry.ptrs_per_pte, k.mmap_base(), k.physmem)
     return VMA(mm, 0, 1 << 40, VM.READ | VM.SHARED)
 
 

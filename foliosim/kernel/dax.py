@@ -254,10 +254,10 @@ def vmf_insert_page_mkwrite(
     table = vma.mm.pgtables.pte_table(addr >> geo.pmd_shift, create=True)
     assert table is not None
     slot = (addr >> k.page_shift) & (geo.ptrs_per_pte - 1)
-    present = table.folios[slot]
+    present = table.folio_at(slot)
     if present is not None:
         if write:
-            if present is not folio or int(table.index[slot]) != page:
+            if int(table.pfn[slot]) != folio.pfn + page:
                 if not present.zero:
                     k.reports.warn(
                         "insert_page_into_pte_locked", "PTE maps another page", once=True

@@ -212,7 +212,7 @@ def filemap_map_pages(k: Kernel, vma: VMA, addr: int) -> None:
     bits = (PTE_WRITE if writable else 0) | PTE_YOUNG
     slot = from_pte
     while slot < to_pte:
-        if table.folios[slot] is not None or table.bits[slot]:
+        if table.pfn[slot] >= 0 or table.bits[slot]:
             slot += 1
             continue
         page_addr = base + (slot << k.page_shift)
@@ -231,7 +231,7 @@ def filemap_map_pages(k: Kernel, vma: VMA, addr: int) -> None:
             first = slot - page  # filemap_map_folio_range(): the whole folio, not the window
             last = first + folio.nr_pages
         for s in range(first, last):
-            if table.folios[s] is None and not table.bits[s]:
+            if table.pfn[s] < 0 and not table.bits[s]:
                 k.folio_get(folio)
                 rmap.folio_add_file_rmap_ptes(k, folio, page + s - slot, 1, vma)
                 mm.rss[mm_counter_file(folio)] += 1

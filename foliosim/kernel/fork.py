@@ -182,9 +182,8 @@ def copy_pte_range(k: Kernel, dst: VMA, src: VMA, pmd_no: int) -> None:
         if cow:
             stable.bits[idx] &= CLEAR_WRITE
         dtable.bump(small_slots[0], small_slots[-1] + 1)  # runs() yields slots in order
-        dtable.present += len(small) - int(np.count_nonzero(dtable.folios[idx]))
-        dtable.folios[idx] = stable.folios[idx]
-        dtable.index[idx] = stable.index[idx]
+        dtable.present += len(small) - int(np.count_nonzero(dtable.pfn[idx] >= 0))
+        dtable.pfn[idx] = stable.pfn[idx]
         dtable.bits[idx] = stable.bits[idx] & CLEAR_YOUNG
 
 
@@ -207,9 +206,11 @@ def _copy_run(
     if bits[0] & PTE_SPECIAL:
         if cow:
             stable.bits[slot : slot + nr] &= CLEAR_WRITE
-        dtable.set_run(slot, folio, page, nr, 0)
+        dtable.bump(slot, slot + nr)
+        window = dtable.pfn[slot : slot + nr]
+        dtable.present += nr - int(np.count_nonzero(window >= 0))
+        window[:] = stable.pfn[slot : slot + nr]
         dtable.bits[slot : slot + nr] = bits & (CLEAR_WRITE_YOUNG if cow else CLEAR_YOUNG)
-        dtable.index[slot : slot + nr] = stable.index[slot : slot + nr]
         return
     if folio.anon:
         maybe_pinned = src.mm.has_pinned and folio.maybe_dma_pinned()

@@ -281,8 +281,7 @@ def __split_huge_pmd(k: Kernel, vma: VMA, addr: int) -> None:
     assert table is not None
     nr = k.config.pmd_nr
     if folio.zero:
-        table.set_run(0, k.physmem.zero_folio, 0, nr, PTE_SPECIAL | PTE_YOUNG)
-        table.index[:] = 0
+        table.set_same(0, nr, k.physmem.zero_folio, PTE_SPECIAL | PTE_YOUNG)
         return
     exclusive = folio.page_exclusive(0)
     k.folio_get(folio, nr - 1)

@@ -110,7 +110,7 @@ class Kernel:
         return (window - gap) & ~(self.page_size - 1)
 
     def new_mm(self) -> MM:
-        return MM(self.geometry.ptrs_per_pte, self.mmap_base())
+        return MM(self.geometry.ptrs_per_pte, self.mmap_base(), self.physmem)
 
     def new_task(self, name: str, mm: MM | None = None) -> Task:
         task = Task(name=name, pid=next(self._pids), mm=mm or self.new_mm())
@@ -168,30 +168,42 @@ class Kernel:
                 else:
                     freed_small.append(folio)
         if freed_small:
+            good = []
             for folio in freed_small:
-                self._free_pages_prepare(folio)
-            self.physmem.free_small_folios(freed_small)
+                if self._free_pages_prepare(folio):
+                    good.append(folio)
+                else:
+                    self.physmem.leak_folio(folio)
+            self.physmem.free_small_folios(good)
 
     def _free_folio(self, folio: Folio) -> None:
-        """__folio_put(): the checks of free_pages_prepare, then free."""
-        self._free_pages_prepare(folio)
-        self.physmem.free_folio(folio)
+        """__folio_put(): the checks of free_pages_prepare, then free (or leak a bad page)."""
+        if self._free_pages_prepare(folio):
+            self.physmem.free_folio(folio)
+        else:
+            self.physmem.leak_folio(folio)
 
-    def _free_pages_prepare(self, folio: Folio) -> None:
+    def _free_pages_prepare(self, folio: Folio) -> bool:
         """free_pages_prepare() / free_tail_page_prepare() (mm/page_alloc.c, 7.1.8): a folio
         freed with a mapcount that is not zero (either sign), or an MM-id slot still holding
-        mappings, is a bad page; the folio stops being anonymous."""
+        mappings, is a bad page: reported, and False, so the caller leaks it instead of
+        freeing it (bad_page() with page checks on, as init_on_alloc or CONFIG_DEBUG_VM turn
+        them on). The folio stops being anonymous."""
+        good = True
         if folio.folio_mapcount():
             self.reports.add("BUG", "free_pages_prepare", f"Bad page state: {folio!r} still mapped")
+            good = False
         elif folio.mm_ids is not None:
             for i in (0, 1):  # with CONFIG_MM_ID
                 if folio.mm_ids.mapcounts[i]:
                     self.reports.add(
                         "BUG", "free_pages_prepare", f"Bad page state: nonzero mm mapcount {i}"
                     )
+                    good = False
                     break
         # The mTHP counter MTHP_STAT_NR_ANON is maintained at free; no vmstat item here.
         folio.anon = False
+        return good
 
     def add_file(self, file: BackingFile) -> None:
         self.files[file.name] = file

@@ -41,12 +41,13 @@ def collapse_anon_pmd(k: Kernel, vma: VMA, haddr: int) -> str | None:
     olds: list[tuple[int, Folio, int]] = []
     counted: dict[int, Folio] = {}
     for slot in range(geo.ptrs_per_pte):
-        folio = table.folios[slot]
-        if folio is None or table.bits[slot] & PTE_SPECIAL:
+        entry = table.entry(slot)
+        if entry is None or table.bits[slot] & PTE_SPECIAL:
             continue
+        folio, page = entry
         if not folio.anon:
             return "EINVAL"
-        olds.append((slot, folio, int(table.index[slot])))
+        olds.append((slot, folio, page))
         counted[folio.pfn] = folio
     for folio in counted.values():
         # is_refcount_suitable(): refcount == mapcount (+ swapcache); a pin adds more.

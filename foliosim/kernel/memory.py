@@ -102,7 +102,7 @@ def handle_pte_fault(k: Kernel, vma: VMA, addr: int, write: bool) -> str | None:
     assert table is not None
     if table.bits[slot] & PTE_MARKER_GUARD:
         return SIGSEGV  # a PTE_MARKER_GUARD faults with VM_FAULT_SIGSEGV
-    if table.folios[slot] is None:
+    if table.pfn[slot] < 0:
         if vma.is_dax and vma.file is not None:
             return vma.file.huge_fault(k, vma, addr, write, 0)  # type: ignore[attr-defined,no-any-return]
         if vma.is_anonymous:
@@ -175,8 +175,7 @@ def do_anonymous_pages(
     first = (addr >> k.page_shift) & (k.geometry.ptrs_per_pte - 1)
     k.vmstat.count_event("pgfault", nr)
     if not write:
-        table.set_run(first, k.physmem.zero_folio, 0, nr, PTE_SPECIAL | PTE_YOUNG)
-        table.index[first : first + nr] = 0
+        table.set_same(first, nr, k.physmem.zero_folio, PTE_SPECIAL | PTE_YOUNG)
         return nr
     anon_vma_prepare(vma)
     bits = PTE_YOUNG | PTE_DIRTY | (PTE_WRITE if vma.flags & VM.WRITE else 0)
@@ -195,10 +194,9 @@ def do_anonymous_pages(
     k.touched.update(folios)
     if done:
         table.bump(first, first + done)
-        window = table.folios[first : first + done]
-        table.present += done - int(np.count_nonzero(window))
-        window[:] = folios
-        table.index[first : first + done] = 0
+        window = table.pfn[first : first + done]
+        table.present += done - int(np.count_nonzero(window >= 0))
+        window[:] = [folio.pfn for folio in folios]
         table.bits[first : first + done] = bits
     mm.rss[MM_ANONPAGES] += done
     k.vmstat.mod("nr_anon_pages", done)  # folio_add_new_anon_rmap: NR_ANON_MAPPED += 1 each
@@ -221,9 +219,7 @@ def alloc_anon_folio(k: Kernel, vma: VMA, addr: int) -> tuple[Folio | None, int]
             continue
         first = (start >> k.page_shift) & mask
         window = slice(first, first + (1 << order))
-        if table is not None and (
-            any(f is not None for f in table.folios[window]) or table.bits[window].any()
-        ):
+        if table is not None and ((table.pfn[window] >= 0).any() or table.bits[window].any()):
             continue  # not pte_range_none: a page or a marker (a guard region) is there
         folio = k.alloc_folio(order)
         if folio is not None:
@@ -316,7 +312,7 @@ def finish_fault(
     assert table is not None
     slot = (addr >> k.page_shift) & (geo.ptrs_per_pte - 1)
     first, nr = _whole_folio_slots(k, vma, addr, folio, page, slot, table)
-    if nr == 1 and table.folios[slot] is not None:
+    if nr == 1 and table.pfn[slot] >= 0:
         k.folio_put(folio)  # raced: someone mapped it (fault-around) — drop our reference
         return None
     writable = write or vma_page_prot_writable(vma)
@@ -358,7 +354,7 @@ def _whole_folio_slots(
         return slot, 1
     first = slot - page
     window = slice(first, first + folio.nr_pages)
-    if np.count_nonzero(table.folios[window]) or table.bits[window].any():
+    if (table.pfn[window] >= 0).any() or table.bits[window].any():
         return slot, 1  # !pte_range_none(): fall back to the one page
     return first, folio.nr_pages
 
@@ -367,7 +363,7 @@ def _mapped(k: Kernel, vma: VMA, addr: int) -> bool:
     table = vma.mm.pgtables.pte_table(addr >> k.geometry.pmd_shift)
     if table is None:
         return (addr >> k.geometry.pmd_shift) in vma.mm.pgtables.pmd_leaves
-    return table.folios[(addr >> k.page_shift) & (k.geometry.ptrs_per_pte - 1)] is not None
+    return bool(table.pfn[(addr >> k.page_shift) & (k.geometry.ptrs_per_pte - 1)] >= 0)
 
 
 def _map_new_anon_page(k: Kernel, vma: VMA, addr: int, new: Folio) -> None:
@@ -394,8 +390,9 @@ def do_wp_page(k: Kernel, vma: VMA, addr: int) -> str | None:
     table = vma.mm.pgtables.pte_table(addr >> k.geometry.pmd_shift)
     assert table is not None
     slot = (addr >> k.page_shift) & (k.geometry.ptrs_per_pte - 1)
-    folio: Folio = table.folios[slot]
-    page = int(table.index[slot])
+    entry = table.entry(slot)
+    assert entry is not None
+    folio, page = entry
     if vma.flags & VM.SHARED:
         if not table.bits[slot] & PTE_SPECIAL:
             folio.dirty = True

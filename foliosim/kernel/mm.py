@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from foliosim.kernel.pgtable import PageTables
+from foliosim.kernel.physmem import PhysMem
 
 if TYPE_CHECKING:
     from foliosim.kernel.files import BackingFile
@@ -112,11 +113,11 @@ class MM:
 
     _ids = itertools.count(1)
 
-    def __init__(self, ptrs_per_pte: int, mmap_base: int) -> None:
+    def __init__(self, ptrs_per_pte: int, mmap_base: int, mem: PhysMem) -> None:
         self.id = next(MM._ids)
         self.vmas: list[VMA] = []
         self._starts: list[int] = []
-        self.pgtables = PageTables.empty(ptrs_per_pte)
+        self.pgtables = PageTables.empty(ptrs_per_pte, mem)
         self.rss = [0, 0, 0, 0]
         self.mmap_base = mmap_base
         self.huge_zero_folio = False  # MMF_HUGE_ZERO_FOLIO

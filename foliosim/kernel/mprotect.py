@@ -129,7 +129,7 @@ def _pte_range_add_write(
     Left out: soft-dirty and uffd-wp write protection (VM_SOFTDIRTY is set on new VMAs).
     """
     bits = table.bits[first:last]
-    present = table.folios[first:last] != None  # noqa: E711 (elementwise)
+    present = table.present_mask(first, last)
     if vma.shared:
         mask = present if shared_writable else present & ((bits & PTE_DIRTY) != 0)
         bits[mask] |= PTE_WRITE

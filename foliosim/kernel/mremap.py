@@ -160,16 +160,16 @@ def move_page_tables(
         base = pmd_no << geo.pmd_shift
         for slot in range(geo.ptrs_per_pte):
             src = base + (slot << k.page_shift)
-            if not old_addr <= src < end or (table.folios[slot] is None and not table.bits[slot]):
+            if not old_addr <= src < end or (table.pfn[slot] < 0 and not table.bits[slot]):
                 continue
             dst = src + delta
             dtable = pgt.pte_table(dst >> geo.pmd_shift, create=True)
             assert dtable is not None
             dslot = (dst >> k.page_shift) & (geo.ptrs_per_pte - 1)
-            folio = table.folios[slot]
+            entry = table.entry(slot)
             bits = int(table.bits[slot])
-            if folio is not None:
-                dtable.set(dslot, folio, int(table.index[slot]), bits)
+            if entry is not None:
+                dtable.set(dslot, entry[0], entry[1], bits)
             else:
                 dtable.bits[dslot] = bits
             table.clear(slot)

@@ -2,13 +2,14 @@
 
 A PUD slot holds a huge leaf or (implicitly) a PMD table; a PMD slot holds a huge leaf or a
 PTE table. PTE tables are NumPy arrays over one page-table page (PTRS_PER_PTE entries): the
-folio each entry maps (an object array; None is pte_none), the page index inside that folio,
-and the entry bits. Whole-table operations work on slices, not a Python loop per page.
+pfn each entry maps (-1: pte_none or a marker) and the entry bits. Whole-table operations
+work on slices, not a Python loop per page.
 
-Entries point at folios rather than raw PFNs: pfn = folio.pfn + index, and the folio is
-what the kernel's vm_normal_page()/page_folio() would find. ``special`` marks entries the
-kernel makes with pte_mkspecial/pmd_mkspecial/pud_mkspecial (zero pages, pfnmap and legacy
-devmap DAX): vm_normal_page() returns NULL for them, so they hold no reference or mapcount.
+Entries hold pfns, as real PTEs do: PhysMem.page_folio(pfn) is what the kernel's
+vm_normal_page()/page_folio() would find, and pfn - folio.pfn the page inside the folio.
+``special`` marks entries the kernel makes with pte_mkspecial/pmd_mkspecial/pud_mkspecial
+(zero pages, pfnmap and legacy devmap DAX): vm_normal_page() returns NULL for them, so they
+hold no reference or mapcount.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from foliosim.kernel.physmem import Folio
+from foliosim.kernel.physmem import Folio, PhysMem
 
 # PTE bits (the model's own encoding).
 PTE_WRITE = 1
@@ -31,6 +32,7 @@ PTE_SOFT_DIRTY = 32
 CLEAR_WRITE = 0xFF ^ PTE_WRITE
 CLEAR_YOUNG = 0xFF ^ PTE_YOUNG
 CLEAR_WRITE_YOUNG = 0xFF ^ (PTE_WRITE | PTE_YOUNG)
+NO_PAGE = -1  # PteTable.pfn of an entry that maps no page (none, or a marker)
 
 
 @dataclass(slots=True)
@@ -48,23 +50,31 @@ class Leaf:
 
 
 class PteTable:
-    """One page-table page of PTEs."""
+    """One page-table page of PTEs: per slot the pfn the entry maps (-1: no page) and its
+    bits. page_folio() of the pfn (PhysMem.page_folio) gives the folio, pfn - folio.pfn the
+    page inside it, as vm_normal_page() + page_folio() do in the kernel."""
 
-    __slots__ = ("bits", "changed", "folios", "hi", "index", "lo", "pmd_no", "present", "version")
+    __slots__ = ("bits", "changed", "hi", "lo", "mem", "pfn", "pmd_no", "present", "version")
 
-    def __init__(self, n: int, changed: set[PteTable] | None = None, pmd_no: int = -1) -> None:
+    def __init__(
+        self, n: int, mem: PhysMem, changed: set[PteTable] | None = None, pmd_no: int = -1
+    ) -> None:
         self.pmd_no = pmd_no
-        # Bumped by every change of which folio an entry maps, and the table noted in its
+        self.mem = mem
+        # Bumped by every change of which page an entry maps, and the table noted in its
         # mm's ``changed`` set: the incremental invariant checker re-reads only those.
         self.version = 0
         self.changed = changed
         # The slots [lo, hi) changed since the checker last looked (it resets them).
         self.lo = n
         self.hi = 0
-        self.folios: np.ndarray[Any, Any] = np.full(n, None, dtype=object)
-        self.index: np.ndarray[Any, Any] = np.zeros(n, dtype=np.int32)
+        self.pfn: np.ndarray[Any, Any] = np.full(n, NO_PAGE, dtype=np.int64)
         self.bits: np.ndarray[Any, Any] = np.zeros(n, dtype=np.uint8)
         self.present = 0
+
+    @property
+    def nr_slots(self) -> int:
+        return int(self.pfn.shape[0])
 
     def bump(self, lo: int = 0, hi: int = -1) -> None:
         """Note a change of the entries in slots [lo, hi) (default: all; see ``version``)."""
@@ -72,7 +82,7 @@ class PteTable:
         if lo < self.lo:
             self.lo = lo
         if hi < 0:
-            hi = self.folios.shape[0]
+            hi = self.pfn.shape[0]
         if hi > self.hi:
             self.hi = hi
         if self.changed is not None:
@@ -85,32 +95,64 @@ class PteTable:
         return not self.present and not self.bits.any()
 
     def is_none(self, i: int) -> bool:
-        return self.folios[i] is None and not self.bits[i] & PTE_MARKER_GUARD
+        return self.pfn[i] < 0 and not self.bits[i] & PTE_MARKER_GUARD
+
+    def has_page(self, i: int) -> bool:
+        """A present entry (pte_present): it maps a page."""
+        return bool(self.pfn[i] >= 0)
+
+    def folio_at(self, i: int) -> Folio | None:
+        """The folio the entry in slot i maps, or None (pte_none or a marker)."""
+        pfn = int(self.pfn[i])
+        return None if pfn < 0 else self.mem.page_folio(pfn)
+
+    def entry(self, i: int) -> tuple[Folio, int] | None:
+        """(folio, page index inside it) of the entry in slot i, or None."""
+        pfn = int(self.pfn[i])
+        if pfn < 0:
+            return None
+        folio = self.mem.page_folio(pfn)
+        return folio, pfn - folio.pfn
+
+    def present_mask(self, lo: int = 0, hi: int | None = None) -> np.ndarray[Any, Any]:
+        return self.pfn[lo:hi] >= 0
+
+    def slots_of(self, folio: Folio, lo: int = 0, hi: int | None = None) -> np.ndarray[Any, Any]:
+        """Slots in [lo, hi) whose entry maps a page of ``folio`` (ascending, absolute)."""
+        window = self.pfn[lo:hi]
+        if folio.nr_pages == 1:
+            return np.flatnonzero(window == folio.pfn) + lo
+        return np.flatnonzero((window >= folio.pfn) & (window < folio.pfn + folio.nr_pages)) + lo
 
     def set(self, i: int, folio: Folio, index: int, bits: int) -> None:
         self.bump(i, i + 1)
-        if self.folios[i] is None:
+        if self.pfn[i] < 0:
             self.present += 1
-        self.folios[i] = folio
-        self.index[i] = index
+        self.pfn[i] = folio.pfn + index
         self.bits[i] = bits
 
     def set_run(self, start: int, folio: Folio, first_index: int, nr: int, bits: int) -> None:
         """Map ``nr`` consecutive pages of one folio (set_ptes)."""
         self.bump(start, start + nr)
-        window = self.folios[start : start + nr]
-        # count_nonzero on an object array tests each entry's truth in C: a folio is true.
-        self.present += nr - int(np.count_nonzero(window))
-        window[:] = folio
-        self.index[start : start + nr] = np.arange(first_index, first_index + nr, dtype=np.int32)
+        window = self.pfn[start : start + nr]
+        self.present += nr - int(np.count_nonzero(window >= 0))
+        first = folio.pfn + first_index
+        window[:] = np.arange(first, first + nr, dtype=np.int64)
+        self.bits[start : start + nr] = bits
+
+    def set_same(self, start: int, nr: int, folio: Folio, bits: int) -> None:
+        """Map one page (the shared zero page) in ``nr`` consecutive slots."""
+        self.bump(start, start + nr)
+        window = self.pfn[start : start + nr]
+        self.present += nr - int(np.count_nonzero(window >= 0))
+        window[:] = folio.pfn
         self.bits[start : start + nr] = bits
 
     def clear(self, i: int) -> None:
         self.bump(i, i + 1)
-        if self.folios[i] is not None:
+        if self.pfn[i] >= 0:
             self.present -= 1
-        self.folios[i] = None
-        self.index[i] = 0
+        self.pfn[i] = NO_PAGE
         self.bits[i] = 0
 
     def runs(
@@ -119,40 +161,45 @@ class PteTable:
         """Runs of present entries in [first, last): consecutive slots mapping consecutive
         pages of one folio with the same special bit, as folio_pte_batch() groups them.
         Each run is (first slot, length, folio, first page index, special)."""
-        end = self.folios.shape[0] if last is None else last
-        window = self.folios[first:end]
-        present = np.flatnonzero(window != None)  # noqa: E711 (elementwise on an object array)
+        end = self.pfn.shape[0] if last is None else last
+        window = self.pfn[first:end]
+        present = np.flatnonzero(window >= 0)
         if present.size == 0:
             return []
-        objs = window[present]
-        idx = self.index[first:end][present]
+        pfns = window[present]
         special = (self.bits[first:end][present] & PTE_SPECIAL) != 0
         brk = np.ones(present.size, dtype=np.bool_)
-        brk[1:] = (
-            (np.diff(present) != 1)
-            | (objs[1:] != objs[:-1])
-            | (np.diff(idx) != 1)
-            | (special[1:] != special[:-1])
-        )
+        brk[1:] = (np.diff(present) != 1) | (np.diff(pfns) != 1) | (special[1:] != special[:-1])
         starts = np.flatnonzero(brk)
         lengths = np.diff(np.append(starts, present.size)).tolist()
-        return list(
-            zip(
-                (present[starts] + first).tolist(),
-                lengths,
-                objs[starts].tolist(),
-                idx[starts].tolist(),
-                special[starts].tolist(),
-                strict=True,
-            )
-        )
+        page_folio = self.mem.page_folio
+        out: list[tuple[int, int, Folio, int, bool]] = []
+        for slot, nr, pfn, spec in zip(
+            (present[starts] + first).tolist(),
+            lengths,
+            pfns[starts].tolist(),
+            special[starts].tolist(),
+            strict=True,
+        ):
+            # Consecutive pfns may cross into the next folio: cut the run at each folio's end.
+            while True:
+                folio = page_folio(pfn)
+                page = pfn - folio.pfn
+                take = folio.nr_pages - page
+                if take >= nr:
+                    out.append((slot, nr, folio, page, spec))
+                    break
+                out.append((slot, take, folio, page, spec))
+                slot += take
+                pfn += take
+                nr -= take
+        return out
 
     def clear_range(self, start: int, end: int) -> None:
         self.bump(start, end)
-        window = self.folios[start:end]
-        self.present -= int(np.count_nonzero(window))
-        window[:] = None
-        self.index[start:end] = 0
+        window = self.pfn[start:end]
+        self.present -= int(np.count_nonzero(window >= 0))
+        window[:] = NO_PAGE
         self.bits[start:end] = 0
 
 
@@ -161,6 +208,7 @@ class PageTables:
     """The page tables of one mm: huge leaves by PUD/PMD number, PTE tables by PMD number."""
 
     ptrs_per_pte: int
+    mem: PhysMem
     pud_leaves: dict[int, Leaf]
     pmd_leaves: dict[int, Leaf]
     pte_tables: dict[int, PteTable]
@@ -171,13 +219,13 @@ class PageTables:
     changed: set[PteTable] = field(default_factory=set)
 
     @classmethod
-    def empty(cls, ptrs_per_pte: int) -> PageTables:
-        return cls(ptrs_per_pte, {}, {}, {})
+    def empty(cls, ptrs_per_pte: int, mem: PhysMem) -> PageTables:
+        return cls(ptrs_per_pte, mem, {}, {}, {})
 
     def pte_table(self, pmd_no: int, create: bool = False) -> PteTable | None:
         table = self.pte_tables.get(pmd_no)
         if table is None and create:
-            table = PteTable(self.ptrs_per_pte, self.changed, pmd_no)
+            table = PteTable(self.ptrs_per_pte, self.mem, self.changed, pmd_no)
             self.pte_tables[pmd_no] = table
         return table
 

@@ -279,11 +279,21 @@ class OutOfMemory(Exception):
     """The allocator found no free block of the requested order."""
 
 
+# PhysMem.state: one byte per RAM pfn, the model's view of what the memmap says of the page.
+PAGE_FREE = 0  # in the allocator (or never handed out)
+PAGE_BAD = 0x20  # | order: leaked by a bad free (free_pages_prepare found it still mapped)
+PAGE_OBJECT = 0x40  # | order: part of the Folio object at its order-aligned head
+PAGE_ORDER_MASK = 0x1F
+
+
 class PhysMem:
     """RAM as a sparse PFN range with a simple buddy-style allocator, and the zero folios.
 
     Only allocated folios exist as objects; free RAM is a bump pointer plus free lists per
-    order, so 64 GiB or 1 TiB of RAM costs nothing until it is used.
+    order, so 64 GiB or 1 TiB of RAM costs nothing until it is used. ``state`` keeps one byte
+    per RAM pfn (allocated lazily by the OS: NumPy's zeros are calloc'd), so a page-table
+    entry can hold a pfn and page_folio() finds its folio without a search: the byte gives
+    the order of the folio holding the page, and folios are naturally aligned.
     """
 
     def __init__(self, ram_pages: int, pmd_order: int) -> None:
@@ -292,7 +302,12 @@ class PhysMem:
         self._bump = 0
         self._free: dict[int, list[int]] = {}
         self.folios: dict[int, Folio] = {}
-        self._orders_present: set[int] = set()
+        self.state: np.ndarray[Any, Any] = np.zeros(ram_pages, dtype=np.uint8)
+        self._state = memoryview(self.state)  # type: ignore[arg-type]  # one byte read or written without NumPy
+        # Folios leaked by a bad free, by head pfn; and stand-ins for free pages that a
+        # page-table entry still points at (a use-after-free the invariants report).
+        self.bad_pages: dict[int, Folio] = {}
+        self.ghosts: dict[int, Folio] = {}
         # The shared zero page sits at a fixed pfn; the huge zero folio is allocated lazily.
         self.zero_folio = self._make_zero()
         self.huge_zero_folio: Folio | None = None
@@ -333,8 +348,18 @@ class PhysMem:
         return start
 
     def _register(self, folio: Folio) -> None:
-        self.folios[folio.pfn] = folio
-        self._orders_present.add(folio.order)
+        pfn = folio.pfn
+        self.folios[pfn] = folio
+        if folio.large:
+            self.state[pfn : pfn + folio.nr_pages] = PAGE_OBJECT | folio.order
+        else:
+            self._state[pfn] = PAGE_OBJECT
+        if self.ghosts:
+            self._drop_ghosts(pfn, folio.nr_pages)
+
+    def _drop_ghosts(self, pfn: int, nr: int) -> None:
+        for p in [p for p in self.ghosts if pfn <= p < pfn + nr]:
+            del self.ghosts[p]
 
     def alloc_folio(self, order: int) -> Folio:
         """folio_alloc(): a new folio with refcount 1, or OutOfMemory."""
@@ -355,10 +380,12 @@ class PhysMem:
         out: list[Folio] = []
         free = self._free.get(0)
         folios = self.folios
+        state = self._state
         while free and len(out) < nr and self.used_pages < self.ram_pages:
             folio = Folio(free.pop(), 0)
             self.used_pages += 1
             folios[folio.pfn] = folio
+            state[folio.pfn] = PAGE_OBJECT
             out.append(folio)
         room = min(nr - len(out), self.ram_pages - self.used_pages, self.ram_pages - self._bump)
         if room > 0:
@@ -368,27 +395,47 @@ class PhysMem:
                 folio = Folio(pfn, 0)
                 folios[pfn] = folio
                 out.append(folio)
+            self.state[start : start + room] = PAGE_OBJECT
             self._bump = start + room
             self.used_pages += room
-        if out:
-            self._orders_present.add(0)
+        if out and self.ghosts:
+            for folio in out:
+                self.ghosts.pop(folio.pfn, None)
         return out
 
     def free_folio(self, folio: Folio) -> None:
         """Return a RAM folio to the allocator (free_unref_folios / __free_pages)."""
-        self.folios.pop(folio.pfn, None)
-        folio.freed = True
-        self.deferred_split_queue.pop(folio.pfn, None)
-        folio.deferred = False
+        self._unregister(folio)
         self.used_pages -= folio.nr_pages
         self._free.setdefault(folio.order, []).append(folio.pfn)
+
+    def _unregister(self, folio: Folio, state: int = PAGE_FREE) -> None:
+        pfn = folio.pfn
+        if self.folios.get(pfn) is folio:
+            del self.folios[pfn]
+            if folio.large:
+                self.state[pfn : pfn + folio.nr_pages] = state | (folio.order if state else 0)
+            else:
+                self._state[pfn] = state
+        folio.freed = True
+        self.deferred_split_queue.pop(pfn, None)
+        folio.deferred = False
+
+    def leak_folio(self, folio: Folio) -> None:
+        """A bad free (bad_page() from free_pages_prepare with page checks on, as with
+        init_on_alloc or CONFIG_DEBUG_VM): the folio is taken out of circulation, not
+        returned to the allocator, so an entry still pointing at it keeps finding it."""
+        self._unregister(folio, PAGE_BAD)
+        self.bad_pages[folio.pfn] = folio
 
     def free_small_folios(self, folios: list[Folio]) -> None:
         """free_folio() for order-0 folios in bulk, in order (never on the deferred-split
         queue: only folios above order 1 go there)."""
         pop = self.folios.pop
+        state = self._state
         for folio in folios:
             pop(folio.pfn, None)
+            state[folio.pfn] = PAGE_FREE
             folio.freed = True
         self.used_pages -= len(folios)
         self._free.setdefault(0, []).extend([folio.pfn for folio in folios])
@@ -404,16 +451,39 @@ class PhysMem:
         return pages
 
     # ---- lookup ------------------------------------------------------------------------
+    def page_folio(self, pfn: int) -> Folio:
+        """page_folio(pfn_to_page(pfn)) for the pfn a page-table entry holds: the folio of
+        a RAM or device page. A free RAM page gives a freed stand-in folio (the entry is a
+        use-after-free; the invariants report it), a leaked one the folio it belonged to."""
+        if pfn < self.ram_pages:
+            state = self._state[pfn]
+            if state & PAGE_OBJECT:
+                return self.folios[pfn & -(1 << (state & PAGE_ORDER_MASK))]
+            if state & PAGE_BAD:
+                return self.bad_pages[pfn & -(1 << (state & PAGE_ORDER_MASK))]
+            return self.ghost(pfn)
+        for region_start, region_end, pgmap in self.device_regions:
+            if region_start <= pfn < region_end:
+                return pgmap.folio_of(pfn)
+        return self.ghost(pfn)
+
+    def ghost(self, pfn: int) -> Folio:
+        folio = self.ghosts.get(pfn)
+        if folio is None:
+            folio = self.ghosts[pfn] = Folio(pfn, 0)
+            folio.refcount = 0
+            folio.freed = True
+        return folio
+
     def lookup(self, pfn: int) -> Folio | None:
         """page_folio(pfn_to_page(pfn)) for an allocated page, else None."""
         for region_start, region_end, pgmap in self.device_regions:
             if region_start <= pfn < region_end:
                 return pgmap.folio_of(pfn)
-        for order in sorted(self._orders_present):
-            head = pfn & ~((1 << order) - 1)
-            folio = self.folios.get(head)
-            if folio is not None and folio.contains(pfn):
-                return folio
+        if 0 <= pfn < self.ram_pages:
+            state = self._state[pfn]
+            if state & PAGE_OBJECT:
+                return self.folios[pfn & -(1 << (state & PAGE_ORDER_MASK))]
         return None
 
     def all_folios(self) -> list[Folio]:

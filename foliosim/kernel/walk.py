@@ -37,15 +37,16 @@ def lookup(mm: MM, addr: int, page_shift: int, pmd_shift: int, pud_shift: int) -
     table = mm.pgtables.pte_tables.get(pmd_no)
     if table is None:
         return None
-    slot = (addr >> page_shift) & (table.folios.shape[0] - 1)
-    folio = table.folios[slot]
-    if folio is None:
+    slot = (addr >> page_shift) & (table.pfn.shape[0] - 1)
+    pfn = int(table.pfn[slot])
+    if pfn < 0:
         return None
+    folio = table.mem.page_folio(pfn)
     bits = int(table.bits[slot])
     return Mapping(
         "pte",
         folio,
-        int(table.index[slot]),
+        pfn - folio.pfn,
         bool(bits & PTE_WRITE),
         bool(bits & 8),
         table=table,
@@ -57,7 +58,7 @@ def has_guard_marker(mm: MM, addr: int, page_shift: int, pmd_shift: int) -> bool
     table = mm.pgtables.pte_tables.get(addr >> pmd_shift)
     if table is None:
         return False
-    slot = (addr >> page_shift) & (table.folios.shape[0] - 1)
+    slot = (addr >> page_shift) & (table.pfn.shape[0] - 1)
     return bool(table.bits[slot] & PTE_MARKER_GUARD)
 
 
@@ -83,8 +84,6 @@ def mappings_of(
     The kernel walks anon_vma/i_mmap trees; the model scans page tables, which gives the same
     set of entries (special entries included: callers filter them).
     """
-    import numpy as np
-
     out: list[MappingRef] = []
     for mm in mms:
         pgt = mm.pgtables
@@ -98,12 +97,13 @@ def mappings_of(
         for pmd_no, table in pgt.pte_tables.items():
             if not table.present:
                 continue
-            for raw_slot in np.flatnonzero(table.folios == folio):
-                slot = int(raw_slot)
+            slots = table.slots_of(folio)
+            if not slots.size:
+                continue
+            pages = (table.pfn[slots] - folio.pfn).tolist()
+            for slot, page in zip(slots.tolist(), pages, strict=True):
                 addr = (pmd_no << geo_pmd_shift) + (slot << page_shift)
-                out.append(
-                    MappingRef(mm, addr, "pte", int(table.index[slot]), 1, None, table, slot)
-                )
+                out.append(MappingRef(mm, addr, "pte", page, 1, None, table, slot))
     return out
 
 
@@ -114,8 +114,6 @@ def file_mappings_of(
     that map its file over its index range are visited (the kernel walks the file's i_mmap
     tree), and in each only the entries at the folio's linear addresses (vma_address()).
     Leaves out: the i_mmap lock and nonlinear (remap_file_pages) mappings, gone since 4.0."""
-    import numpy as np
-
     out: list[MappingRef] = []
     file = folio.mapping
     first, last = folio.index, folio.index + folio.nr_pages  # pages [first, last)
@@ -145,11 +143,11 @@ def file_mappings_of(
                 base = pmd_no << geo_pmd_shift
                 s_lo = max(start - base, 0) >> page_shift
                 s_hi = min(end - base, 1 << geo_pmd_shift) >> page_shift
-                window = table.folios[s_lo:s_hi]
-                for raw_slot in np.flatnonzero(window == folio):
-                    slot = int(raw_slot) + s_lo
+                slots = table.slots_of(folio, s_lo, s_hi)
+                if not slots.size:
+                    continue
+                pages = (table.pfn[slots] - folio.pfn).tolist()
+                for slot, page in zip(slots.tolist(), pages, strict=True):
                     addr = base + (slot << page_shift)
-                    out.append(
-                        MappingRef(mm, addr, "pte", int(table.index[slot]), 1, None, table, slot)
-                    )
+                    out.append(MappingRef(mm, addr, "pte", page, 1, None, table, slot))
     return out

@@ -501,12 +501,12 @@ def pagemap_entries(k: Kernel, task: Task, start: int, end: int) -> np.ndarray:
             for i in range(count):
                 slot = first_slot + i
                 bits = int(table.bits[slot])
-                folio = table.folios[slot]
-                if folio is None:
+                entry = table.entry(slot)
+                if entry is None:
                     if bits & PTE_MARKER_GUARD:
                         out[idx0 + i] = PM_SWAP | PM_GUARD_REGION
                     continue
-                page = int(table.index[slot])
+                folio, page = entry
                 value = ((folio.pfn + page) & PM_PFRAME_MASK) | PM_PRESENT
                 if bits & PTE_SOFT_DIRTY:
                     value |= PM_SOFT_DIRTY

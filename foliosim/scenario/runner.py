@@ -472,7 +472,7 @@ def touch(
             # building a Mapping per page): touch, or fault first, then touch.
             table = pgt.pte_tables.get(pmd_no)
             slot = (addr >> k.page_shift) & (geo.ptrs_per_pte - 1)
-            present = table is not None and table.folios[slot] is not None
+            present = table is not None and table.pfn[slot] >= 0
             if present and (not write or table.bits[slot] & PTE_WRITE):  # type: ignore[union-attr]
                 addr += _touch_pte_run(k, table, slot, addr, stop, write, store) << k.page_shift
                 continue
@@ -487,7 +487,7 @@ def touch(
                 return signal
             if pmd_no not in pgt.pmd_leaves and (addr >> geo.pud_shift) not in pgt.pud_leaves:
                 table = pgt.pte_tables.get(pmd_no)
-                if table is None or table.folios[slot] is None:
+                if table is None or table.pfn[slot] < 0:
                     return "SIGBUS"
                 addr += _touch_pte_run(k, table, slot, addr, stop, write, store) << k.page_shift
                 continue
@@ -546,9 +546,9 @@ def _anon_batch(k: Kernel, vma: Any, addr: int, end: int, write: bool, store: bo
     if nr < 2:
         return 0
     if table is not None:
-        window_f = table.folios[first : first + nr]
+        window_p = table.pfn[first : first + nr]
         window_b = table.bits[first : first + nr]
-        busy = np.flatnonzero(window_f.astype(np.bool_) | (window_b & PTE_MARKER_GUARD != 0))
+        busy = np.flatnonzero((window_p >= 0) | (window_b & PTE_MARKER_GUARD != 0))
         if busy.size:
             nr = int(busy[0])
     if nr < 2:
@@ -565,21 +565,21 @@ def _touch_pte_run(
     Young (and dirty, written) are set for the run; returns the number of pages touched."""
     last = min(k.geometry.ptrs_per_pte, slot + ((end - addr + k.page_size - 1) >> k.page_shift))
     nxt = slot + 1
-    if nxt >= last or table.folios[nxt] is None or (write and not table.bits[nxt] & PTE_WRITE):
+    if nxt >= last or table.pfn[nxt] < 0 or (write and not table.bits[nxt] & PTE_WRITE):
         # One page (the common case right after a fault): no NumPy slicing.
         bits = table.bits[slot] | PTE_YOUNG | (PTE_DIRTY if write else 0)
         table.bits[slot] = bits
         if store and write and not bits & PTE_SPECIAL:
-            folio = table.folios[slot]
+            pfn = int(table.pfn[slot])
+            folio = table.mem.page_folio(pfn)
             if folio.pgmap is None:  # device memory keeps no "written" record
                 if folio.large:
-                    folio.mark_written(int(table.index[slot]))
+                    folio.mark_written(pfn - folio.pfn)
                 else:
                     folio.written = WRITTEN_ONE  # Folio.mark_written() of an order-0 folio
         return 1
-    folios = table.folios[slot:last]
     bits = table.bits[slot:last]
-    ok = folios != None  # noqa: E711 (elementwise on an object array)
+    ok = table.pfn[slot:last] >= 0
     if write:
         ok &= (bits & PTE_WRITE) != 0
     bad = np.flatnonzero(~ok)
