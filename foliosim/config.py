@@ -96,6 +96,10 @@ class KernelConfig:
     variant: str = "mainline"
     memory_bytes: int = 64 << 30
     swap_bytes: int = 0
+    # How the model keeps order-0 anonymous pages that batched faults create: "arrays"
+    # (kernel/smallpages.py) or "objects" (a Folio each). Not a kernel option: both mean
+    # the same; the switch exists to compare them.
+    small_pages: str = "arrays"
 
     def enabled(self, option: str) -> bool:
         return self.options.get(option, False)

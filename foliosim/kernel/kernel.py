@@ -8,7 +8,9 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from foliosim.config import KernelConfig
 from foliosim.kernel.files import BackingFile
@@ -72,7 +74,7 @@ class Kernel:
         self.policy = Policy(enabled=config.thp, mthp=dict(config.mthp))
         if not config.enabled("TRANSPARENT_HUGEPAGE"):
             self.policy.enabled = "never"
-        self.physmem = PhysMem(config.memory_bytes >> geo.page_shift, geo.pmd_order)
+        self.physmem = PhysMem(config.memory_bytes >> geo.page_shift, geo.pmd_order, geo.page_shift)
         self.vmstat = VmStat()
         self.reports = ReportLog(debug_vm=config.enabled("DEBUG_VM"))
         self.tasks: dict[str, Task] = {}
@@ -90,6 +92,14 @@ class Kernel:
         self.ownership = Ownership(self)
         self._device_pfn = _round_up(self.physmem.ram_pages, 1 << geo.pud_order)
         self.dax_waiters: list[object] = []
+        # Batched order-0 anonymous faults keep their pages as arrays (smallpages.py), except
+        # under mutants whose broken zap or fork those array paths cannot express.
+        self.small_anon = config.small_pages == "arrays" and not (
+            variant.zap_pte_forgets_rmap or variant.fork_pte_skips_ref
+        )
+        # Pages held as arrays whose counters a fast path changed, while an incremental
+        # checker listens (it installs a list; see ``touched``).
+        self.touched_small: list[np.ndarray[Any, Any]] | None = None
 
     # ---- tracing ---------------------------------------------------------------------------
     def enter(self, function: str) -> None:

@@ -23,6 +23,7 @@ from foliosim.kernel.pgtable import (
     PteTable,
 )
 from foliosim.kernel.physmem import EXCLUSIVE_ONE, WRITTEN_ONE, Folio
+from foliosim.kernel.smallpages import SMALL_EXCLUSIVE, SMALL_WRITTEN
 
 if TYPE_CHECKING:
     from foliosim.kernel.kernel import Kernel, Task
@@ -167,6 +168,7 @@ def do_anonymous_pages(
     is allowed below the PMD for this VMA (alloc_anon_folio would try them) and the caller
     has already let the PMD level decline. ``written``: the program stores into each new page
     (page().written). Returns how many pages were mapped (fewer than nr when memory runs out).
+    The new pages are held as arrays (smallpages.py) unless the kernel keeps objects.
     """
     k.enter("do_anonymous_page")
     mm = vma.mm
@@ -179,6 +181,22 @@ def do_anonymous_pages(
         return nr
     anon_vma_prepare(vma)
     bits = PTE_YOUNG | PTE_DIRTY | (PTE_WRITE if vma.flags & VM.WRITE else 0)
+    if k.small_anon:
+        flags = SMALL_EXCLUSIVE | (SMALL_WRITTEN if written else 0)
+        pfns = k.physmem.alloc_small_anon(nr, vma.anon_vma, flags)
+        if pfns is not None:
+            done = int(pfns.shape[0])
+            if done:
+                table.bump(first, first + done)
+                window = table.pfn[first : first + done]
+                table.present += done - int(np.count_nonzero(window >= 0))
+                window[:] = pfns
+                table.bits[first : first + done] = bits
+                if k.touched_small is not None:
+                    k.touched_small.append(pfns)
+            mm.rss[MM_ANONPAGES] += done
+            k.vmstat.mod("nr_anon_pages", done)
+            return done
     index = vma.linear_page_index(addr, k.page_shift)
     folios = k.physmem.alloc_pages_bulk(nr)
     done = len(folios)

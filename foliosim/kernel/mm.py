@@ -118,6 +118,7 @@ class MM:
         self.vmas: list[VMA] = []
         self._starts: list[int] = []
         self.pgtables = PageTables.empty(ptrs_per_pte, mem)
+        self.pgtables.mm = self
         self.rss = [0, 0, 0, 0]
         self.mmap_base = mmap_base
         self.huge_zero_folio = False  # MMF_HUGE_ZERO_FOLIO

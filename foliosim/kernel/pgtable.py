@@ -33,6 +33,7 @@ CLEAR_WRITE = 0xFF ^ PTE_WRITE
 CLEAR_YOUNG = 0xFF ^ PTE_YOUNG
 CLEAR_WRITE_YOUNG = 0xFF ^ (PTE_WRITE | PTE_YOUNG)
 NO_PAGE = -1  # PteTable.pfn of an entry that maps no page (none, or a marker)
+_NO_SLOTS: np.ndarray[Any, Any] = np.empty(0, dtype=np.int64)
 
 
 @dataclass(slots=True)
@@ -54,13 +55,30 @@ class PteTable:
     bits. page_folio() of the pfn (PhysMem.page_folio) gives the folio, pfn - folio.pfn the
     page inside it, as vm_normal_page() + page_folio() do in the kernel."""
 
-    __slots__ = ("bits", "changed", "hi", "lo", "mem", "pfn", "pmd_no", "present", "version")
+    __slots__ = (
+        "bits",
+        "changed",
+        "hi",
+        "lo",
+        "mem",
+        "owner",
+        "pfn",
+        "pmd_no",
+        "present",
+        "version",
+    )
 
     def __init__(
-        self, n: int, mem: PhysMem, changed: set[PteTable] | None = None, pmd_no: int = -1
+        self,
+        n: int,
+        mem: PhysMem,
+        changed: set[PteTable] | None = None,
+        pmd_no: int = -1,
+        owner: Any = None,
     ) -> None:
         self.pmd_no = pmd_no
         self.mem = mem
+        self.owner = owner  # the MM whose tables these are (for the VMA of an entry)
         # Bumped by every change of which page an entry maps, and the table noted in its
         # mm's ``changed`` set: the incremental invariant checker re-reads only those.
         self.version = 0
@@ -104,14 +122,14 @@ class PteTable:
     def folio_at(self, i: int) -> Folio | None:
         """The folio the entry in slot i maps, or None (pte_none or a marker)."""
         pfn = int(self.pfn[i])
-        return None if pfn < 0 else self.mem.page_folio(pfn)
+        return None if pfn < 0 else self.mem.page_folio(pfn, self, i)
 
     def entry(self, i: int) -> tuple[Folio, int] | None:
         """(folio, page index inside it) of the entry in slot i, or None."""
         pfn = int(self.pfn[i])
         if pfn < 0:
             return None
-        folio = self.mem.page_folio(pfn)
+        folio = self.mem.page_folio(pfn, self, i)
         return folio, pfn - folio.pfn
 
     def present_mask(self, lo: int = 0, hi: int | None = None) -> np.ndarray[Any, Any]:
@@ -155,18 +173,39 @@ class PteTable:
         self.pfn[i] = NO_PAGE
         self.bits[i] = 0
 
-    def runs(
+    def small_anon_slots(
         self, first: int = 0, last: int | None = None
+    ) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+        """Slots in [first, last) whose entry maps an order-0 anonymous page held as arrays
+        (smallpages.py), ascending, and their pfns."""
+        if not self.mem.small.live:
+            return _NO_SLOTS, _NO_SLOTS
+        window = self.pfn[first:last]
+        present = np.flatnonzero(window >= 0)
+        pfns = window[present]
+        mask = self.mem.small_anon_mask(pfns)
+        return present[mask] + first, pfns[mask]
+
+    def runs(
+        self, first: int = 0, last: int | None = None, skip_small: bool = False
     ) -> list[tuple[int, int, Folio, int, bool]]:
         """Runs of present entries in [first, last): consecutive slots mapping consecutive
         pages of one folio with the same special bit, as folio_pte_batch() groups them.
-        Each run is (first slot, length, folio, first page index, special)."""
+        Each run is (first slot, length, folio, first page index, special). Pages held as
+        arrays become Folio objects here, unless ``skip_small`` leaves them out (for callers
+        that handle them with small_anon_slots, or look only for other folios)."""
         end = self.pfn.shape[0] if last is None else last
         window = self.pfn[first:end]
         present = np.flatnonzero(window >= 0)
         if present.size == 0:
             return []
         pfns = window[present]
+        if skip_small and self.mem.small.live:
+            keep = ~self.mem.small_anon_mask(pfns)
+            present = present[keep]
+            pfns = pfns[keep]
+            if present.size == 0:
+                return []
         special = (self.bits[first:end][present] & PTE_SPECIAL) != 0
         brk = np.ones(present.size, dtype=np.bool_)
         brk[1:] = (np.diff(present) != 1) | (np.diff(pfns) != 1) | (special[1:] != special[:-1])
@@ -183,7 +222,7 @@ class PteTable:
         ):
             # Consecutive pfns may cross into the next folio: cut the run at each folio's end.
             while True:
-                folio = page_folio(pfn)
+                folio = page_folio(pfn, self, slot)
                 page = pfn - folio.pfn
                 take = folio.nr_pages - page
                 if take >= nr:
@@ -203,7 +242,7 @@ class PteTable:
         self.bits[start:end] = 0
 
 
-@dataclass
+@dataclass(eq=False)
 class PageTables:
     """The page tables of one mm: huge leaves by PUD/PMD number, PTE tables by PMD number."""
 
@@ -217,6 +256,7 @@ class PageTables:
     deposits: int = 0
     # PTE tables whose entries changed since the incremental checker last looked.
     changed: set[PteTable] = field(default_factory=set)
+    mm: Any = None  # the MM these tables belong to
 
     @classmethod
     def empty(cls, ptrs_per_pte: int, mem: PhysMem) -> PageTables:
@@ -225,7 +265,7 @@ class PageTables:
     def pte_table(self, pmd_no: int, create: bool = False) -> PteTable | None:
         table = self.pte_tables.get(pmd_no)
         if table is None and create:
-            table = PteTable(self.ptrs_per_pte, self.mem, self.changed, pmd_no)
+            table = PteTable(self.ptrs_per_pte, self.mem, self.changed, pmd_no, self.mm)
             self.pte_tables[pmd_no] = table
         return table
 

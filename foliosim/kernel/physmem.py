@@ -15,14 +15,23 @@ from __future__ import annotations
 
 import gc
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from foliosim.kernel.smallpages import (
+    PAGE_SMALL_ANON,
+    SMALL_EXCLUSIVE,
+    SMALL_WRITTEN,
+    PfnStack,
+    SmallAnonPages,
+)
+
 if TYPE_CHECKING:
     from foliosim.kernel.dax import DevPagemap
+    from foliosim.kernel.pgtable import PteTable
 
 # mm/internal.h
 ENTIRELY_MAPPED = 0x800000
@@ -296,11 +305,13 @@ class PhysMem:
     the order of the folio holding the page, and folios are naturally aligned.
     """
 
-    def __init__(self, ram_pages: int, pmd_order: int) -> None:
+    def __init__(self, ram_pages: int, pmd_order: int, page_shift: int = 12) -> None:
         self.ram_pages = ram_pages
+        self.page_shift = page_shift
+        self.pmd_shift = page_shift + pmd_order
         self.used_pages = 0
         self._bump = 0
-        self._free: dict[int, list[int]] = {}
+        self._free: dict[int, Any] = {0: PfnStack()}  # order -> list[int]; order 0: PfnStack
         self.folios: dict[int, Folio] = {}
         self.state: np.ndarray[Any, Any] = np.zeros(ram_pages, dtype=np.uint8)
         self._state = memoryview(self.state)  # type: ignore[arg-type]  # one byte read or written without NumPy
@@ -308,6 +319,10 @@ class PhysMem:
         # page-table entry still points at (a use-after-free the invariants report).
         self.bad_pages: dict[int, Folio] = {}
         self.ghosts: dict[int, Folio] = {}
+        # Order-0 anonymous pages held as arrays (smallpages.py), and how a page that turns
+        # into an object without a page-table slot to read its index from finds it.
+        self.small = SmallAnonPages(ram_pages)
+        self.index_of_unplaced: Callable[[int], int] | None = None
         # The shared zero page sits at a fixed pfn; the huge zero folio is allocated lazily.
         self.zero_folio = self._make_zero()
         self.huge_zero_folio: Folio | None = None
@@ -328,7 +343,7 @@ class PhysMem:
         nr = 1 << order
         free = self._free.get(order)
         if free:
-            return free.pop()
+            return int(free.pop())
         if self.used_pages + nr > self.ram_pages:
             raise OutOfMemory(order)
         start = (self._bump + nr - 1) & ~(nr - 1)
@@ -451,14 +466,18 @@ class PhysMem:
         return pages
 
     # ---- lookup ------------------------------------------------------------------------
-    def page_folio(self, pfn: int) -> Folio:
+    def page_folio(self, pfn: int, table: PteTable | None = None, slot: int = 0) -> Folio:
         """page_folio(pfn_to_page(pfn)) for the pfn a page-table entry holds: the folio of
-        a RAM or device page. A free RAM page gives a freed stand-in folio (the entry is a
-        use-after-free; the invariants report it), a leaked one the folio it belonged to."""
+        a RAM or device page. A page held as arrays becomes a Folio object now (``table``
+        and ``slot``: the entry it was read from, which gives its index). A free RAM page
+        gives a freed stand-in folio (the entry is a use-after-free; the invariants report
+        it), a leaked one the folio it belonged to."""
         if pfn < self.ram_pages:
             state = self._state[pfn]
             if state & PAGE_OBJECT:
                 return self.folios[pfn & -(1 << (state & PAGE_ORDER_MASK))]
+            if state & PAGE_SMALL_ANON:
+                return self.materialize(pfn, self._index_at(pfn, table, slot))
             if state & PAGE_BAD:
                 return self.bad_pages[pfn & -(1 << (state & PAGE_ORDER_MASK))]
             return self.ghost(pfn)
@@ -482,9 +501,108 @@ class PhysMem:
                 return pgmap.folio_of(pfn)
         if 0 <= pfn < self.ram_pages:
             state = self._state[pfn]
-            if state & PAGE_OBJECT:
-                return self.folios[pfn & -(1 << (state & PAGE_ORDER_MASK))]
+            if state & (PAGE_OBJECT | PAGE_SMALL_ANON):
+                return self.page_folio(pfn)
         return None
+
+    # ---- order-0 anonymous pages held as arrays (smallpages.py) --------------------------
+    def alloc_small_anon(
+        self, nr: int, anon_vma: object, flags: int
+    ) -> np.ndarray[Any, Any] | None:
+        """Up to ``nr`` order-0 pages for anonymous memory, held as arrays: each mapped once
+        (mapcount and refcount 1), of ``anon_vma``, with ``flags`` (SMALL_EXCLUSIVE,
+        SMALL_WRITTEN). The pfns are those as many alloc_folio(0) calls would hand out.
+        None when no anon_vma index is left (the caller makes Folio objects instead)."""
+        index = self.small.anon_vma_index(anon_vma)
+        if index is None:
+            return None
+        nr = min(nr, self.ram_pages - self.used_pages)
+        pfns: np.ndarray[Any, Any] = self._free[0].pop_many(nr)
+        room = min(nr - pfns.shape[0], self.ram_pages - self._bump)
+        if room > 0:
+            bump = np.arange(self._bump, self._bump + room, dtype=np.int64)
+            pfns = bump if not pfns.shape[0] else np.concatenate((pfns, bump))
+            self._bump += room
+        n = int(pfns.shape[0])
+        if not n:
+            return pfns
+        small = self.small
+        if room == n:  # all from the bump pointer: one slice each
+            lo, hi = int(pfns[0]), int(pfns[0]) + n
+            self.state[lo:hi] = PAGE_SMALL_ANON | flags
+            small.mapcount[lo:hi] = 1
+            small.anon_vma[lo:hi] = index
+        else:
+            self.state[pfns] = PAGE_SMALL_ANON | flags
+            small.mapcount[pfns] = 1
+            small.anon_vma[pfns] = index
+        self.used_pages += n
+        small.live += n
+        if self.ghosts:
+            self._drop_ghosts(int(pfns.min()), int(pfns.max()) - int(pfns.min()) + 1)
+        return pfns
+
+    def free_small_anon(self, pfns: np.ndarray[Any, Any]) -> None:
+        """Give pages held as arrays back to the allocator, in this order."""
+        n = int(pfns.shape[0])
+        if not n:
+            return
+        self.state[pfns] = PAGE_FREE
+        self.small.anon_vma[pfns] = 0
+        self.used_pages -= n
+        self.small.live -= n
+        self._free[0].extend(pfns)
+
+    def small_anon_mask(self, pfns: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        """Which of these pfns (of present entries) are pages held as arrays."""
+        if not self.small.live:
+            return np.zeros(pfns.shape[0], dtype=np.bool_)
+        ram = pfns < self.ram_pages
+        if ram.all():
+            mask: np.ndarray[Any, Any] = (self.state[pfns] & PAGE_SMALL_ANON) != 0
+            return mask
+        out = np.zeros(pfns.shape[0], dtype=np.bool_)
+        out[ram] = (self.state[pfns[ram]] & PAGE_SMALL_ANON) != 0
+        return out
+
+    def is_small_anon(self, pfn: int) -> bool:
+        return pfn < self.ram_pages and bool(self._state[pfn] & PAGE_SMALL_ANON)
+
+    def materialize(self, pfn: int, index: int) -> Folio:
+        """Turn a page held as arrays into the Folio object that records it from now on."""
+        state = self._state[pfn]
+        small = self.small
+        folio = Folio(pfn, 0)
+        count = small._mapcount[pfn]
+        folio.refcount = count
+        folio.mapcount_small = count
+        folio.anon = folio.swapbacked = folio.lru = True
+        folio.anon_exclusive = EXCLUSIVE_ONE if state & SMALL_EXCLUSIVE else NOT_EXCLUSIVE_ONE
+        if state & SMALL_WRITTEN:
+            folio.written = WRITTEN_ONE
+        folio.mapping = small.anon_vmas[small._anon_vma[pfn]]
+        folio.index = index
+        small._mapcount[pfn] = 0
+        small._anon_vma[pfn] = 0
+        small.live -= 1
+        self.folios[pfn] = folio
+        self._state[pfn] = PAGE_OBJECT
+        for listener in small.listeners:
+            listener(folio)
+        return folio
+
+    def _index_at(self, pfn: int, table: PteTable | None, slot: int) -> int:
+        """The anon folio index of a page about to become an object: linear_page_index() of
+        the VMA that maps it at the entry it was read from."""
+        if table is not None and table.owner is not None:
+            addr = (table.pmd_no << self.pmd_shift) + (slot << self.page_shift)
+            vma = table.owner.find_vma(addr)
+            if vma is not None:
+                return int(vma.linear_page_index(addr, self.page_shift))
+            return addr >> self.page_shift
+        if self.index_of_unplaced is not None:
+            return self.index_of_unplaced(pfn)
+        return 0
 
     def all_folios(self) -> list[Folio]:
         folios = list(self.folios.values())

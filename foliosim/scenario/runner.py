@@ -90,6 +90,7 @@ def build_kernel(path: str, stmts: list[Stmt], variant_override: str | None) -> 
     overrides: dict[str, bool] = {}
     memory_bytes = 64 << 30
     swap = 0
+    small_pages = "arrays"
     where = (1, 1)
     mthp_text = ""
     for stmt in stmts:
@@ -130,6 +131,10 @@ def build_kernel(path: str, stmts: list[Stmt], variant_override: str | None) -> 
                 if swap_bytes is None:
                     raise bad(f"bad swap size '{value}'")
                 swap = swap_bytes
+            elif key == "smallpages":
+                if value not in ("arrays", "objects"):
+                    raise bad(f"bad smallpages '{value}' (arrays, objects)")
+                small_pages = value
             elif key == "mthp":
                 mthp_text = value
                 where = (stmt.line, col)
@@ -163,7 +168,9 @@ def build_kernel(path: str, stmts: list[Stmt], variant_override: str | None) -> 
             chosen = get_variant(variant)
         except KeyError:
             raise ValueError(f"unknown variant '{variant}' (legacy, seed, mainline)") from None
-        config = KernelConfig(geometry, options, thp, mthp, chosen.name, memory_bytes, swap)
+        config = KernelConfig(
+            geometry, options, thp, mthp, chosen.name, memory_bytes, swap, small_pages
+        )
         check_variant_builds(config)
     except (ValueError, BuildError) as exc:
         raise ScenarioError(path, line, col, str(exc)) from None

@@ -31,6 +31,7 @@ CONFIG_KEYS = {
     "mapcount": "page|nopage",
     "variant": "legacy|seed|mainline",
     "swap": "SIZE",
+    "smallpages": "arrays|objects",
 }
 RSS_FIELDS = ("anon", "file", "shmem", "swap")
 
