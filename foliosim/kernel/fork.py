@@ -24,6 +24,7 @@ from foliosim.kernel.pgtable import (
     PteTable,
 )
 from foliosim.kernel.physmem import NOT_EXCLUSIVE_ONE, Folio
+from foliosim.kernel.smallpages import CLEAR_SMALL_EXCLUSIVE
 
 if TYPE_CHECKING:
     from foliosim.kernel.kernel import Kernel
@@ -155,9 +156,11 @@ def copy_pte_range(k: Kernel, dst: VMA, src: VMA, pmd_no: int) -> None:
     # child's old) updated once per table below.
     keep_exclusive = k.variant.cow_keeps_exclusive
     get = not k.variant.fork_pte_skips_ref
+    if k.small_anon:
+        _copy_small_anon_arrays(k, dst, stable, dtable, first, last, cow, keep_exclusive)
     small_slots: list[int] = []
     small: list[Folio] = []
-    for slot, nr, folio, page, special in stable.runs(first, last):
+    for slot, nr, folio, page, special in stable.runs(first, last, skip_small=True):
         if (
             not special
             and folio.order == 0
@@ -185,6 +188,40 @@ def copy_pte_range(k: Kernel, dst: VMA, src: VMA, pmd_no: int) -> None:
         dtable.present += len(small) - int(np.count_nonzero(dtable.pfn[idx] >= 0))
         dtable.pfn[idx] = stable.pfn[idx]
         dtable.bits[idx] = stable.bits[idx] & CLEAR_YOUNG
+
+
+def _copy_small_anon_arrays(
+    k: Kernel,
+    dst: VMA,
+    stable: PteTable,
+    dtable: PteTable,
+    first: int,
+    last: int,
+    cow: bool,
+    keep_exclusive: bool,
+) -> None:
+    """copy_present_ptes() for the order-0 anonymous pages held as arrays in slots
+    [first, last) (smallpages.py), all at once: folio_try_dup_anon_rmap_pte() clears
+    AnonExclusive and adds a mapcount (and with it the reference), the child's MM_ANONPAGES
+    grows, a COW mapping loses the write bit in parent and child, the child's entries are
+    old. Such a page is never DMA-pinned (a pin makes it an object), so none is copied."""
+    slots, pfns = stable.small_anon_slots(first, last)
+    n = int(slots.shape[0])
+    if not n:
+        return
+    mem = k.physmem
+    mem.small.mapcount[pfns] += 1  # one entry per page in one mm: no repeated pfns
+    if not keep_exclusive:
+        mem.state[pfns] &= CLEAR_SMALL_EXCLUSIVE
+    if k.touched_small is not None:
+        k.touched_small.append(pfns)
+    dst.mm.rss[MM_ANONPAGES] += n
+    if cow:
+        stable.bits[slots] &= CLEAR_WRITE
+    dtable.bump(int(slots[0]), int(slots[-1]) + 1)
+    dtable.present += n - int(np.count_nonzero(dtable.pfn[slots] >= 0))
+    dtable.pfn[slots] = pfns
+    dtable.bits[slots] = stable.bits[slots] & CLEAR_YOUNG
 
 
 def _copy_run(

@@ -158,14 +158,20 @@ class Kernel:
             else:
                 self._free_folio(folio)
 
-    def folios_put_refs(self, folios: list[Folio], refs: list[int]) -> None:
+    def folios_put_refs(self, folios: list[Folio | np.ndarray[Any, Any]], refs: list[int]) -> None:
         """folios_put_refs() (mm/swap.c, 7.1.8): drop refs[i] references of folios[i], in
         order, as the mmu_gather frees its batch; the same as folio_put() on each, with the
         common cases inline: a RAM folio that does not reach zero, and order-0 RAM folios
-        that do, which are freed together at the end (free_unref_folios) in batch order."""
-        self.touched.update(folios)
-        freed_small: list[Folio] = []
+        that do, which are freed together at the end (free_unref_folios) in batch order.
+        An array in the batch is pages held as arrays (smallpages.py) that lost their last
+        reference with their last mapping: they go to the free list in that order too
+        (free_pages_prepare has nothing to find: their mapcount is zero)."""
+        freed_small: list[Folio | np.ndarray[Any, Any]] = []
         for folio, n in zip(folios, refs, strict=True):
+            if isinstance(folio, np.ndarray):
+                freed_small.append(folio)
+                continue
+            self.touched.add(folio)
             count = folio.refcount
             if folio.zero or folio.pgmap is not None or count < n:
                 self.folio_put(folio, n)
@@ -177,13 +183,18 @@ class Kernel:
                     self._free_folio(folio)
                 else:
                     freed_small.append(folio)
-        if freed_small:
-            good = []
-            for folio in freed_small:
-                if self._free_pages_prepare(folio):
-                    good.append(folio)
-                else:
-                    self.physmem.leak_folio(folio)
+        good: list[Folio] = []
+        for item in freed_small:
+            if isinstance(item, np.ndarray):
+                if good:
+                    self.physmem.free_small_folios(good)
+                    good = []
+                self.physmem.free_small_anon(item)
+            elif self._free_pages_prepare(item):
+                good.append(item)
+            else:
+                self.physmem.leak_folio(item)
+        if good:
             self.physmem.free_small_folios(good)
 
     def _free_folio(self, folio: Folio) -> None:

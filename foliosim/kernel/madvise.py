@@ -159,7 +159,8 @@ def _folios_in(k: Kernel, vma: VMA, start: int, end: int, anon: bool) -> list[tu
         base = pmd_no << geo.pmd_shift
         lo = (addr - base) >> k.page_shift
         hi = (min(end, next_pmd) - base + k.page_size - 1) >> k.page_shift
-        for slot, nr, folio, page, special in table.runs(lo, hi):
+        # Pages held as arrays are small anonymous ones: never what this looks for.
+        for slot, nr, folio, page, special in table.runs(lo, hi, skip_small=True):
             if not special:
                 note(folio, base + ((slot - page) << k.page_shift), nr)
         addr = next_pmd

@@ -16,6 +16,7 @@ from foliosim.kernel.memory import vma_page_prot_writable
 from foliosim.kernel.mm import VM
 from foliosim.kernel.mmap import SyscallError, page_align, prot_flags, split_vma_at
 from foliosim.kernel.pgtable import CLEAR_WRITE, PTE_DIRTY, PTE_WRITE, PteTable
+from foliosim.kernel.smallpages import SMALL_EXCLUSIVE
 
 if TYPE_CHECKING:
     from foliosim.kernel.kernel import Kernel, Task
@@ -134,7 +135,11 @@ def _pte_range_add_write(
         mask = present if shared_writable else present & ((bits & PTE_DIRTY) != 0)
         bits[mask] |= PTE_WRITE
         return
-    for slot, nr, folio, page, special in table.runs(first, last):
+    slots, pfns = table.small_anon_slots(first, last)
+    if slots.shape[0]:  # order-0 anonymous pages held as arrays (smallpages.py)
+        exclusive_pages = (table.mem.state[pfns] & SMALL_EXCLUSIVE) != 0
+        table.bits[slots[exclusive_pages]] |= PTE_WRITE
+    for slot, nr, folio, page, special in table.runs(first, last, skip_small=True):
         exclusive = folio.anon_exclusive
         if special or not folio.anon or exclusive is None:
             continue

@@ -10,7 +10,7 @@ Folio references are dropped after the rmap updates, as tlb_finish_mmu frees the
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -68,7 +68,9 @@ def unmap_page_range(
         else:
             huge_memory.__split_huge_pmd(k, vma, max(start, lo))
     # PTE level (zap_pte_range).
-    puts: list[Folio] = []  # the mmu_gather batch: folios and the references to drop
+    # The mmu_gather batch: folios and the references to drop; an array is pages held as
+    # arrays whose last reference went with their last mapping (zap_pte_range).
+    puts: list[Folio | np.ndarray[Any, Any]] = []
     refs: list[int] = []
     for pmd_no in _keys_in(pgt.pte_tables, start >> geo.pmd_shift, (end - 1) >> geo.pmd_shift):
         table = pgt.pte_tables[pmd_no]
@@ -81,10 +83,30 @@ def unmap_page_range(
     k.folios_put_refs(puts, refs)
 
 
+_NONE: np.ndarray[Any, Any] = np.empty(0, dtype=np.int64)
+
+
 def _keys_in(table: Mapping[int, object], lo: int, hi: int) -> list[int]:
     if hi - lo < len(table):
         return [n for n in range(lo, hi + 1) if n in table]
     return sorted(n for n in table if lo <= n <= hi)
+
+
+def _queue_gone(
+    puts: list[Folio | np.ndarray[Any, Any]],
+    refs: list[int],
+    gone: np.ndarray[Any, Any],
+    gone_slots: np.ndarray[Any, Any],
+    queued: int,
+    before: int,
+) -> int:
+    """Queue the pages held as arrays of ``gone`` from ``queued`` on whose slots come before
+    slot ``before``, as one batch entry; returns how many of ``gone`` are queued now."""
+    upto = int(np.searchsorted(gone_slots, before))
+    if upto > queued:
+        puts.append(gone[queued:upto])
+        refs.append(0)  # their references went with their mapcounts (refcount == mapcount)
+    return upto
 
 
 def zap_pte_range(
@@ -93,7 +115,7 @@ def zap_pte_range(
     table: PteTable,
     first: int,
     last: int,
-    batch: tuple[list[Folio], list[int]],
+    batch: tuple[list[Folio | np.ndarray[Any, Any]], list[int]],
     drop_markers: bool,
     keep_anon: bool = False,
 ) -> None:
@@ -120,8 +142,28 @@ def zap_pte_range(
     cleared: list[tuple[int, int]] = []  # only needed when anon entries stay
     small = unmapped = 0  # order-0 anonymous folios mapped by one PTE each: inline
     forgets_rmap = variant.zap_pte_forgets_rmap
-    runs = table.runs(first, last)
+    # Order-0 anonymous pages held as arrays (smallpages.py; a hole punch keeps them all):
+    # folio_remove_rmap_pte() on each at once, and the ones whose last mapping (so last
+    # reference) this was queued, in slot order among the other folios of the batch.
+    gone_slots = gone = _NONE
+    array_pages = 0
+    if not keep_anon:
+        slots, pfns = table.small_anon_slots(first, last)
+        array_pages = int(slots.shape[0])
+        if array_pages:
+            mapcount = k.physmem.small.mapcount
+            mapcount[pfns] -= 1  # one entry per page in one mm: no repeated pfns
+            last_map = mapcount[pfns] == 0
+            gone_slots, gone = slots[last_map], pfns[last_map]
+            unmapped += int(gone.shape[0])
+            small += array_pages
+            if k.touched_small is not None:
+                k.touched_small.append(pfns)
+    runs = table.runs(first, last, skip_small=True)
+    queued = 0  # pages held as arrays already in the batch
     for slot, nr, folio, page, special in runs:
+        if queued < gone.shape[0] and gone_slots[queued] < slot:
+            queued = _queue_gone(puts, refs, gone, gone_slots, queued, slot)
         if keep_anon:
             if folio.anon:
                 continue
@@ -153,12 +195,14 @@ def zap_pte_range(
             rmap.folio_remove_rmap_ptes(k, folio, page, nr, vma)
         puts.append(folio)
         refs.append(nr)
+    if queued < gone.shape[0]:
+        _queue_gone(puts, refs, gone, gone_slots, queued, last)
     if small:
         rss[MM_ANONPAGES] -= small
         if unmapped:
             k.vmstat.mod("nr_anon_pages", -unmapped)
     if not keep_anon:
-        if runs:
+        if runs or array_pages:
             table.clear_range(first, last)
         if kept_markers is not None and kept_markers.size:
             bits[kept_markers] = PTE_MARKER_GUARD

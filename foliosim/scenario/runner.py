@@ -41,6 +41,7 @@ from foliosim.kernel.pgtable import (
     PTE_YOUNG,
 )
 from foliosim.kernel.physmem import WRITTEN_ONE
+from foliosim.kernel.smallpages import SMALL_WRITTEN
 from foliosim.scenario.parser import Addr, Num, ScenarioError, Stmt, size_value
 from foliosim.scenario.queries import QValue, UnknownCounter
 from foliosim.variants import get_variant
@@ -578,7 +579,11 @@ def _touch_pte_run(
         table.bits[slot] = bits
         if store and write and not bits & PTE_SPECIAL:
             pfn = int(table.pfn[slot])
-            folio = table.mem.page_folio(pfn)
+            mem = table.mem
+            if mem.is_small_anon(pfn):  # held as arrays (smallpages.py)
+                mem._state[pfn] |= SMALL_WRITTEN
+                return 1
+            folio = mem.page_folio(pfn, table, slot)
             if folio.pgmap is None:  # device memory keeps no "written" record
                 if folio.large:
                     folio.mark_written(pfn - folio.pfn)
@@ -594,7 +599,10 @@ def _touch_pte_run(
     n = max(n, 1)
     table.bits[slot : slot + n] |= PTE_YOUNG | (PTE_DIRTY if write else 0)
     if store and write:
-        for _, nr, folio, page, special in table.runs(slot, slot + n):
+        slots, pfns = table.small_anon_slots(slot, slot + n)
+        if slots.shape[0]:  # held as arrays (smallpages.py)
+            table.mem.state[pfns] |= SMALL_WRITTEN
+        for _, nr, folio, page, special in table.runs(slot, slot + n, skip_small=True):
             if not special and not folio.zone_device:
                 folio.mark_written(page, nr)
     return n
