@@ -18,6 +18,7 @@ import numpy as np
 
 from foliosim.kernel.debug import dump_folio
 from foliosim.kernel.physmem import ENTIRELY_MAPPED, GUP_PIN_COUNTING_BIAS, Folio
+from foliosim.kernel.smallpages import PAGE_SMALL_ANON, SMALL_EXCLUSIVE
 
 if TYPE_CHECKING:
     from foliosim.kernel.kernel import Kernel
@@ -71,6 +72,7 @@ def check_all(k: Kernel) -> list[Violation]:
     tallies: dict[int, Tally] = defaultdict(Tally)
     folios: dict[int, Folio] = {}
     out: list[Violation] = []
+    small_pfns: list[np.ndarray[Any, Any]] = []  # entries mapping pages held as arrays
     for mm in k.live_mms():
         rss = [0, 0, 0, 0]
         for kind_nr, leaves in (
@@ -98,7 +100,18 @@ def check_all(k: Kernel) -> list[Violation]:
             if not table.present:
                 continue
             base = pmd_no << geo.pmd_shift
-            for slot, nr, f, page, special in table.runs():
+            slots, pfns = table.small_anon_slots()
+            if slots.shape[0]:
+                small_pfns.append(pfns)
+                rss[1] += int(slots.shape[0])
+                for first_slot, last_slot in _slot_runs(slots):
+                    first_addr = base + (first_slot << k.page_shift)
+                    last_addr = base + (last_slot << k.page_shift)
+                    if mm.find_vma(first_addr) is None or mm.find_vma(last_addr) is None:
+                        out.append(
+                            Violation("leaf-in-vma", f"PTEs at {first_addr:#x} outside a VMA")
+                        )
+            for slot, nr, f, page, special in table.runs(skip_small=True):
                 if special:
                     continue
                 folios[id(f)] = f
@@ -130,8 +143,45 @@ def check_all(k: Kernel) -> list[Violation]:
         t = tallies.get(key, Tally())
         out.extend(_check_folio(k, f, t, extra.get(key, 0)))
         _add_stats(k, f, t, stats)
+    out.extend(_check_small_pages(k, small_pfns, stats))
     out.extend(_check_stats(k, stats))
     out.extend(_check_deferred(k))
+    return out
+
+
+def _slot_runs(slots: np.ndarray[Any, Any]) -> list[tuple[int, int]]:
+    """(first, last) of each run of consecutive slots in an ascending array."""
+    breaks = np.flatnonzero(np.diff(slots) != 1)
+    starts = np.concatenate(([0], breaks + 1))
+    ends = np.concatenate((breaks, [slots.shape[0] - 1]))
+    return list(zip(slots[starts].tolist(), slots[ends].tolist(), strict=True))
+
+
+def _check_small_pages(
+    k: Kernel, mapped: list[np.ndarray[Any, Any]], stats: dict[str, int]
+) -> list[Violation]:
+    """The order-0 folio invariants for every order-0 anonymous page held as arrays
+    (kernel/smallpages.py), in bulk: mapcount (and so refcount) equal to the entries that
+    map it, AnonExclusive only while mapped once; its nr_anon_pages share. A broken page is
+    diagnosed by _check_folio on a view of it. (Entries mapping a page no longer held as
+    arrays, freed say, are found through page_folio() like any other entry.)"""
+    mem = k.physmem
+    live = np.flatnonzero(mem.state[: mem._bump] & PAGE_SMALL_ANON)
+    if not live.shape[0]:
+        return []
+    counts = np.zeros(live.shape[0], dtype=np.int64)
+    if mapped:
+        pfns, times = np.unique(np.concatenate(mapped), return_counts=True)
+        counts[np.searchsorted(live, pfns)] = times  # every mapped one is live (state)
+    stats["nr_anon_pages"] += int(np.count_nonzero(counts))
+    mapcount = mem.small.mapcount[live]
+    exclusive = (mem.state[live] & SMALL_EXCLUSIVE) != 0
+    broken = np.flatnonzero((mapcount != counts) | (exclusive & (counts > 1)))
+    out: list[Violation] = []
+    for i in broken.tolist():
+        tally = Tally()
+        tally.pte_total = int(counts[i])
+        out.extend(_check_folio(k, mem.small_view(int(live[i])), tally, 0))
     return out
 
 

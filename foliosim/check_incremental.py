@@ -28,6 +28,7 @@ from foliosim.check import (
 )
 from foliosim.kernel.pgtable import PTE_SPECIAL, PteTable
 from foliosim.kernel.physmem import GUP_PIN_COUNTING_BIAS, Folio
+from foliosim.kernel.smallpages import PAGE_SMALL_ANON, SMALL_EXCLUSIVE
 
 if TYPE_CHECKING:
     from foliosim.kernel.kernel import Kernel
@@ -56,6 +57,16 @@ class IncrementalChecker:
         self.rss: dict[int, list[int]] = {}
         self.contrib: dict[int, tuple[tuple[str, int], ...]] = {}
         self.totals: dict[str, int] = defaultdict(int)
+        # Order-0 anonymous pages held as arrays (kernel/smallpages.py), by pfn: the entries
+        # tallied for each, the ones to check, the ones counted in nr_anon_pages, and pages
+        # that became Folio objects while entries were tallied for them (those entries now
+        # count for the object: [folio, entries left]).
+        self.small_ptes: dict[int, int] = {}
+        self.small_dirty: set[int] = set()
+        self.small_counted: set[int] = set()
+        self.small_alias: dict[int, list[Any]] = {}
+        k.touched_small = []
+        k.physmem.small.listeners.append(self._materialized)
 
     # ---- tally maintenance -------------------------------------------------------------
     def _apply_runs(self, mm_id: int, runs: list[Run], sign: int, dirty: set[int]) -> None:
@@ -72,6 +83,55 @@ class IncrementalChecker:
                     t.per_page(folio)[page : page + nr] += sign
             rss[counter] += sign * nr
             dirty.add(key)
+
+    def _apply_small(self, mm_id: int, pfns: list[int], sign: int, dirty: set[int]) -> None:
+        """Entries mapping pages held as arrays went (sign -1) or came (+1)."""
+        if not pfns:
+            return
+        self.rss.setdefault(mm_id, [0, 0, 0, 0])[1] += sign * len(pfns)
+        ptes = self.small_ptes
+        for pfn in pfns:
+            if sign < 0:
+                alias = self.small_alias.get(pfn)
+                if alias is not None:  # the page is a Folio object now: its tally
+                    folio = alias[0]
+                    key = id(folio)
+                    self.folios[key] = folio
+                    self.tallies[key].pte_total -= 1
+                    dirty.add(key)
+                    alias[1] -= 1
+                    if alias[1] <= 0:
+                        del self.small_alias[pfn]
+                    continue
+            count = ptes.get(pfn, 0) + sign
+            if count:
+                ptes[pfn] = count
+            else:
+                ptes.pop(pfn, None)
+            self.small_dirty.add(pfn)
+
+    def _materialized(self, folio: Folio) -> None:
+        """A page held as arrays became a Folio object (PhysMem.materialize): what was
+        tallied for the pfn is the object's now."""
+        pfn = folio.pfn
+        count = self.small_ptes.pop(pfn, 0)
+        self.small_dirty.discard(pfn)
+        if pfn in self.small_counted:
+            self.small_counted.discard(pfn)
+            self.totals["nr_anon_pages"] -= 1
+        key = id(folio)
+        self.folios[key] = folio
+        tally = self.tallies[key]
+        if count:
+            self.small_alias[pfn] = [folio, count]
+            tally.pte_total += count
+        self._restat(key, folio, tally)
+        self.k.touched.add(folio)
+
+    def _forget(self, mm_id: int, snap: Snapshot, dirty: set[int]) -> None:
+        """Everything a snapshot tallied goes (its table or mm went)."""
+        self._apply_runs(mm_id, snap.runs(), -1, dirty)
+        self._apply_small(mm_id, snap.small_pfns(), -1, dirty)
 
     def _apply_leaf(
         self, mm_id: int, level: str, folio: Folio, counter: int, sign: int, dirty: set[int]
@@ -107,7 +167,7 @@ class IncrementalChecker:
             for pmd_no in known - keys_now:  # tables freed: their entries go
                 old = self.snapshots.pop((mm.id, pmd_no), None)
                 if old is not None:
-                    self._apply_runs(mm.id, old.runs(), -1, dirty)
+                    self._forget(mm.id, old, dirty)
         self.known_keys[mm.id] = keys_now
         for pmd_no in todo:
             table = pgt.pte_tables[pmd_no]
@@ -115,16 +175,18 @@ class IncrementalChecker:
             snap = self.snapshots.get(key)
             if snap is None or snap.table is not table:
                 if snap is not None:  # a table freed and allocated again: all new
-                    self._apply_runs(mm.id, snap.runs(), -1, dirty)
+                    self._forget(mm.id, snap, dirty)
                 snap = self.snapshots[key] = Snapshot(table)
                 lo, hi = 0, table.nr_slots
             else:
                 lo, hi = table.lo, table.hi
             table.lo, table.hi = table.nr_slots, 0
             if lo < hi:
-                removed, added = snap.update(lo, hi)
+                removed, added, removed_small, added_small = snap.update(lo, hi)
                 self._apply_runs(mm.id, removed, -1, dirty)
+                self._apply_small(mm.id, removed_small, -1, dirty)
                 self._apply_runs(mm.id, added, +1, dirty)
+                self._apply_small(mm.id, added_small, +1, dirty)
         for level, leaves in (("pud", mm.pgtables.pud_leaves), ("pmd", mm.pgtables.pmd_leaves)):
             for n, leaf in leaves.items():
                 if leaf.special:
@@ -152,7 +214,7 @@ class IncrementalChecker:
             for pmd_no in self.known_keys.pop(mm_id):
                 old = self.snapshots.pop((mm_id, pmd_no), None)
                 if old is not None:
-                    self._apply_runs(mm_id, old.runs(), -1, dirty)
+                    self._forget(mm_id, old, dirty)
         for key3 in [key for key in self.leaves if key not in seen_leaves]:
             folio, counter = self.leaves.pop(key3)
             self._apply_leaf(key3[0], key3[1], folio, counter, -1, dirty)
@@ -191,6 +253,7 @@ class IncrementalChecker:
             if folio.freed and not tally.pte_total + tally.pmds + tally.puds:
                 folios.pop(key, None)
                 tallies.pop(key, None)
+        out.extend(self._check_small())
         for item in STAT_ITEMS:
             have = k.vmstat.counters.get(item, 0)
             if have != self.totals[item]:
@@ -210,6 +273,54 @@ class IncrementalChecker:
                         )
                     )
         out.extend(self._check_queue(queued))
+        return out
+
+    def _check_small(self) -> list[Violation]:
+        """The order-0 folio invariants for pages held as arrays whose tallies or counters
+        moved: a live one's mapcount (its refcount too) is its entries, AnonExclusive only
+        while mapped once; a page no longer held (freed) has no entry left. Keeps their
+        nr_anon_pages share. A broken one is diagnosed by _check_folio on a view of it."""
+        k = self.k
+        touched = k.touched_small
+        dirty = self.small_dirty
+        if touched:
+            for pfns in touched:
+                dirty.update(pfns.tolist())
+            touched.clear()
+        if not dirty:
+            return []
+        mem = k.physmem
+        state = mem._state
+        mapcount = mem.small._mapcount
+        counted_set = self.small_counted
+        out: list[Violation] = []
+        for pfn in dirty:
+            ptes = self.small_ptes.get(pfn, 0)
+            page_state = state[pfn]
+            live = bool(page_state & PAGE_SMALL_ANON)
+            if live:
+                ok = mapcount[pfn] == ptes and not (page_state & SMALL_EXCLUSIVE and ptes > 1)
+            else:
+                ok = not ptes
+            counted = live and ptes > 0
+            if counted != (pfn in counted_set):
+                if counted:
+                    counted_set.add(pfn)
+                    self.totals["nr_anon_pages"] += 1
+                else:
+                    counted_set.discard(pfn)
+                    self.totals["nr_anon_pages"] -= 1
+            if not ok:
+                if live:
+                    view = mem.small_view(pfn)
+                else:  # the page went back to the allocator with entries still mapping it
+                    view = Folio(pfn, 0)
+                    view.refcount = 0
+                    view.freed = True
+                tally = Tally()
+                tally.pte_total = ptes
+                out.extend(_check_folio(k, view, tally, 0))
+        dirty.clear()
         return out
 
     def _small_folio_ok(self, key: int, f: Folio, t: Tally, moved: bool) -> bool:
@@ -289,75 +400,109 @@ def tally_entries(t: Tally) -> int:
 class Snapshot:
     """What the checker last counted in one PTE table: per slot the folio, its page index and
     the RSS counter it was tallied under (-1: nothing tallied: none, a marker or a special
-    entry such as the zero page). Only the slots the table marked changed are compared."""
+    entry such as the zero page), or the pfn of a page held as arrays (``small``, -1 if not;
+    tallied under MM_ANONPAGES). Only the slots the table marked changed are compared."""
 
-    __slots__ = ("counters", "folios", "index", "table")
+    __slots__ = ("counters", "folios", "index", "small", "table")
 
     def __init__(self, table: PteTable) -> None:
         n = table.nr_slots
         self.table = table
         self.folios: np.ndarray[Any, Any] = np.full(n, None, dtype=object)
         self.index: np.ndarray[Any, Any] = np.zeros(n, dtype=np.int32)
+        self.small: np.ndarray[Any, Any] = np.full(n, -1, dtype=np.int64)
         self.counters: np.ndarray[Any, Any] = np.full(n, -1, dtype=np.int8)
 
     def runs(self) -> list[Run]:
-        """Everything this snapshot tallied, as runs."""
-        tallied = np.flatnonzero(self.counters >= 0)
+        """Every folio this snapshot tallied, as runs."""
+        tallied = np.flatnonzero((self.counters >= 0) & (self.small < 0))
         return _group(tallied, self.folios, self.index, self.counters)
 
-    def update(self, lo: int, hi: int) -> tuple[list[Run], list[Run]]:
-        """Compare slots [lo, hi) with the table; returns the runs that went and came."""
+    def small_pfns(self) -> list[int]:
+        """Every page held as arrays this snapshot tallied, by pfn."""
+        return self.small[self.small >= 0].tolist()  # type: ignore[no-any-return]
+
+    def update(self, lo: int, hi: int) -> tuple[list[Run], list[Run], list[int], list[int]]:
+        """Compare slots [lo, hi) with the table; returns the runs that went and came, and
+        the pages held as arrays whose entries went and came."""
         table = self.table
         if hi - lo == 1:  # one entry (most faults): no NumPy slicing
             return self._update_one(lo)
-        new_f, new_i, tallied = _window(table, lo, hi)
+        new_f, new_i, tallied, new_s = _window(table, lo, hi)
         old_c = self.counters[lo:hi]
         moved = (self.folios[lo:hi] != new_f) | (self.index[lo:hi] != new_i)
-        moved |= (old_c >= 0) != tallied
+        moved |= self.small[lo:hi] != new_s
+        moved |= (old_c >= 0) != (tallied | (new_s >= 0))
         pos = np.flatnonzero(moved) + lo
         if pos.size == 0:
-            return [], []
+            return [], [], [], []
         gone = pos[self.counters[pos] >= 0]
-        removed = _group(gone, self.folios, self.index, self.counters)
+        gone_small = self.small[gone] >= 0
+        removed_small: list[int] = self.small[gone[gone_small]].tolist()
+        removed = _group(gone[~gone_small], self.folios, self.index, self.counters)
         self.counters[pos] = -1
-        came = pos[tallied[pos - lo]]
-        self.folios[pos] = new_f[pos - lo]
-        self.index[pos] = new_i[pos - lo]
+        rel = pos - lo
+        self.folios[pos] = new_f[rel]
+        self.index[pos] = new_i[rel]
+        self.small[pos] = new_s[rel]
+        came_small = pos[new_s[rel] >= 0]
+        self.counters[came_small] = 1  # MM_ANONPAGES
+        added_small: list[int] = self.small[came_small].tolist()
+        came = pos[tallied[rel]]
         added = _group(came, self.folios, self.index, None)
         if added:  # the runs split ``came`` in order: one counter per run, repeated
             self.counters[came] = np.repeat([r[3] for r in added], [r[2] for r in added])
-        return removed, added
+        return removed, added, removed_small, added_small
 
-    def _update_one(self, slot: int) -> tuple[list[Run], list[Run]]:
+    def _update_one(self, slot: int) -> tuple[list[Run], list[Run], list[int], list[int]]:
         table = self.table
-        entry = table.entry(slot)
+        pfn = int(table.pfn[slot])
+        old_c = int(self.counters[slot])
+        old_s = int(self.small[slot])
+        old_f = self.folios[slot]
+        old_i = int(self.index[slot])
+        removed: list[Run] = [(old_f, old_i, 1, old_c)] if old_c >= 0 and old_s < 0 else []
+        removed_small = [old_s] if old_c >= 0 and old_s >= 0 else []
+        if pfn >= 0 and table.mem.is_small_anon(pfn):
+            if old_s == pfn and old_c >= 0:
+                return [], [], [], []
+            self.folios[slot] = None
+            self.index[slot] = 0
+            self.small[slot] = pfn
+            self.counters[slot] = 1
+            return removed, [], removed_small, [pfn]
+        entry = table.entry(slot) if pfn >= 0 else None
         folio, page = (None, 0) if entry is None else entry
         tallied = folio is not None and not table.bits[slot] & PTE_SPECIAL
-        old_c = int(self.counters[slot])
-        old_f = self.folios[slot]
-        if old_f is folio and int(self.index[slot]) == page and (old_c >= 0) == tallied:
-            return [], []
-        removed: list[Run] = [(old_f, int(self.index[slot]), 1, old_c)] if old_c >= 0 else []
+        if old_s < 0 and old_f is folio and old_i == page and (old_c >= 0) == tallied:
+            return [], [], [], []
         self.folios[slot] = folio
         self.index[slot] = page
+        self.small[slot] = -1
         if tallied and folio is not None:
             counter = _rss_index(folio)
             self.counters[slot] = counter
-            return removed, [(folio, page, 1, counter)]
+            return removed, [(folio, page, 1, counter)], removed_small, []
         self.counters[slot] = -1
-        return removed, []
+        return removed, [], removed_small, []
 
 
 def _window(
     table: PteTable, lo: int, hi: int
-) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any], np.ndarray[Any, Any]]:
-    """Per slot of [lo, hi): the folio the entry maps (None: no page), the page inside it,
-    and whether the checker tallies it (present and not special)."""
+) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any], np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    """Per slot of [lo, hi): the folio the entry maps (None: no page, or a page held as
+    arrays), the page inside it, whether the checker tallies it as a folio (present, not
+    special), and the pfn of a page held as arrays (-1: not one). Reading the table this way
+    leaves pages held as arrays as they are."""
     n = hi - lo
     folios: np.ndarray[Any, Any] = np.full(n, None, dtype=object)
     index: np.ndarray[Any, Any] = np.zeros(n, dtype=np.int32)
     tallied: np.ndarray[Any, Any] = np.zeros(n, dtype=np.bool_)
-    for slot, nr, folio, page, special in table.runs(lo, hi):
+    small: np.ndarray[Any, Any] = np.full(n, -1, dtype=np.int64)
+    slots, pfns = table.small_anon_slots(lo, hi)
+    if slots.shape[0]:
+        small[slots - lo] = pfns
+    for slot, nr, folio, page, special in table.runs(lo, hi, skip_small=True):
         at = slot - lo
         if nr == 1:
             folios[at] = folio
@@ -367,7 +512,7 @@ def _window(
             index[at : at + nr] = np.arange(page, page + nr, dtype=np.int32)
         if not special:
             tallied[at : at + nr] = True
-    return folios, index, tallied
+    return folios, index, tallied, small
 
 
 def _group(

@@ -568,8 +568,9 @@ class PhysMem:
     def is_small_anon(self, pfn: int) -> bool:
         return pfn < self.ram_pages and bool(self._state[pfn] & PAGE_SMALL_ANON)
 
-    def materialize(self, pfn: int, index: int) -> Folio:
-        """Turn a page held as arrays into the Folio object that records it from now on."""
+    def small_view(self, pfn: int, index: int = 0) -> Folio:
+        """A Folio with the state of a page held as arrays, for reading only (a dump, a
+        check's diagnosis): the page stays held as arrays, the object is no one's record."""
         state = self._state[pfn]
         small = self.small
         folio = Folio(pfn, 0)
@@ -582,6 +583,12 @@ class PhysMem:
             folio.written = WRITTEN_ONE
         folio.mapping = small.anon_vmas[small._anon_vma[pfn]]
         folio.index = index
+        return folio
+
+    def materialize(self, pfn: int, index: int) -> Folio:
+        """Turn a page held as arrays into the Folio object that records it from now on."""
+        small = self.small
+        folio = self.small_view(pfn, index)
         small._mapcount[pfn] = 0
         small._anon_vma[pfn] = 0
         small.live -= 1
