@@ -83,7 +83,12 @@ class Run:
         return None if base is None else base + addr.offset
 
 
-def build_kernel(path: str, stmts: list[Stmt], variant_override: str | None) -> Kernel:
+def build_kernel(
+    path: str,
+    stmts: list[Stmt],
+    variant_override: str | None,
+    small_pages_override: str | None = None,
+) -> Kernel:
     """Create the kernel from the leading `config` and `memory` statements."""
     arch, levels, granule = "x86_64", 4, "4K"
     thp, variant, mapcount = "madvise", "mainline", "page"
@@ -149,6 +154,8 @@ def build_kernel(path: str, stmts: list[Stmt], variant_override: str | None) -> 
                 overrides[key[7:]] = value == "y"
     if variant_override is not None:
         variant = variant_override
+    if small_pages_override is not None:
+        small_pages = small_pages_override
     line, col = where
     try:
         geometry = make_geometry(arch, levels, granule)
@@ -186,9 +193,12 @@ def execute(
     check_each: bool = False,
     trace: bool = False,
     observe: Callable[[Run], dict[str, Any]] | None = None,
+    small_pages: str | None = None,
 ) -> Run:
+    """Run a parsed scenario. ``small_pages`` overrides `config smallpages=` (how the model
+    keeps order-0 anonymous pages: "arrays" or "objects"; both must give the same run)."""
     with collect_less():
-        return _execute(path, stmts, variant, check_each, trace, observe)
+        return _execute(path, stmts, variant, check_each, trace, observe, small_pages)
 
 
 def _execute(
@@ -198,8 +208,9 @@ def _execute(
     check_each: bool,
     trace: bool,
     observe: Callable[[Run], dict[str, Any]] | None,
+    small_pages: str | None = None,
 ) -> Run:
-    kernel = build_kernel(path, stmts, variant)
+    kernel = build_kernel(path, stmts, variant, small_pages)
     run = Run(path, kernel)
     kernel.pinsets = run.pins  # type: ignore[attr-defined]
     for stmt in stmts:
