@@ -13,7 +13,7 @@ import pytest
 from foliosim.check import check_all
 from foliosim.check_incremental import IncrementalChecker
 from foliosim.kernel.smallpages import PAGE_SMALL_ANON, PfnStack
-from foliosim.scenario.runner import Run, execute, run_statement, StmtResult
+from foliosim.scenario.runner import Run, StmtResult, execute, run_statement
 from foliosim.scenario.statements import parse_text
 
 ROOT = Path(__file__).parent
