@@ -156,11 +156,13 @@ def copy_pte_range(k: Kernel, dst: VMA, src: VMA, pmd_no: int) -> None:
     # child's old) updated once per table below.
     keep_exclusive = k.variant.cow_keeps_exclusive
     get = not k.variant.fork_pte_skips_ref
+    others = True
     if k.small_anon:
-        _copy_small_anon_arrays(k, dst, stable, dtable, first, last, cow, keep_exclusive)
+        others = _copy_small_anon_arrays(k, dst, stable, dtable, first, last, cow, keep_exclusive)
     small_slots: list[int] = []
     small: list[Folio] = []
-    for slot, nr, folio, page, special in stable.runs(first, last, skip_small=True):
+    runs = stable.runs(first, last, skip_small=True) if others else []
+    for slot, nr, folio, page, special in runs:
         if (
             not special
             and folio.order == 0
@@ -199,16 +201,17 @@ def _copy_small_anon_arrays(
     last: int,
     cow: bool,
     keep_exclusive: bool,
-) -> None:
+) -> bool:
     """copy_present_ptes() for the order-0 anonymous pages held as arrays in slots
     [first, last) (smallpages.py), all at once: folio_try_dup_anon_rmap_pte() clears
     AnonExclusive and adds a mapcount (and with it the reference), the child's MM_ANONPAGES
     grows, a COW mapping loses the write bit in parent and child, the child's entries are
-    old. Such a page is never DMA-pinned (a pin makes it an object), so none is copied."""
-    slots, pfns = stable.small_anon_slots(first, last)
+    old. Such a page is never DMA-pinned (a pin makes it an object), so none is copied.
+    Returns whether other entries map pages in the range."""
+    slots, pfns, others = stable.split_small(first, last)
     n = int(slots.shape[0])
     if not n:
-        return
+        return others
     mem = k.physmem
     mem.small.mapcount[pfns] += 1  # one entry per page in one mm: no repeated pfns
     if not keep_exclusive:
@@ -222,6 +225,7 @@ def _copy_small_anon_arrays(
     dtable.present += n - int(np.count_nonzero(dtable.pfn[slots] >= 0))
     dtable.pfn[slots] = pfns
     dtable.bits[slots] = stable.bits[slots] & CLEAR_YOUNG
+    return others
 
 
 def _copy_run(

@@ -36,6 +36,19 @@ NO_PAGE = -1  # PteTable.pfn of an entry that maps no page (none, or a marker)
 _NO_SLOTS: np.ndarray[Any, Any] = np.empty(0, dtype=np.int64)
 
 
+class _AllSlots(dict[int, np.ndarray[Any, Any]]):
+    """arange(n) for each table size, made once and read-only."""
+
+    def __missing__(self, n: int) -> np.ndarray[Any, Any]:
+        slots = np.arange(n, dtype=np.int64)
+        slots.flags.writeable = False
+        self[n] = slots
+        return slots
+
+
+_ALL_SLOTS = _AllSlots()
+
+
 @dataclass(slots=True)
 class Leaf:
     """A present huge leaf at PMD or PUD level (pmd_trans_huge / pud_trans_huge)."""
@@ -178,13 +191,28 @@ class PteTable:
     ) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
         """Slots in [first, last) whose entry maps an order-0 anonymous page held as arrays
         (smallpages.py), ascending, and their pfns."""
-        if not self.mem.small.live:
-            return _NO_SLOTS, _NO_SLOTS
-        window = self.pfn[first:last]
+        slots, pfns, _ = self.split_small(first, last)
+        return slots, pfns
+
+    def split_small(
+        self, first: int = 0, last: int | None = None
+    ) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any], bool]:
+        """small_anon_slots(), and whether any other entry maps a page in [first, last)."""
+        if not self.mem.small.live or not self.present:
+            return _NO_SLOTS, _NO_SLOTS, bool(self.present)
+        end = self.pfn.shape[0] if last is None else last
+        if first == 0 and end == self.pfn.shape[0] and self.present == end:
+            # A full table (what batched faults leave): no search for present entries.
+            mask = self.mem.small_anon_mask(self.pfn)
+            if mask.all():
+                return _ALL_SLOTS[end], self.pfn.copy(), False
+            return np.flatnonzero(mask), self.pfn[mask], True
+        window = self.pfn[first:end]
         present = np.flatnonzero(window >= 0)
         pfns = window[present]
         mask = self.mem.small_anon_mask(pfns)
-        return present[mask] + first, pfns[mask]
+        slots = present[mask]
+        return slots + first, pfns[mask], slots.shape[0] < present.shape[0]
 
     def runs(
         self, first: int = 0, last: int | None = None, skip_small: bool = False

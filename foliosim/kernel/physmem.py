@@ -313,7 +313,9 @@ class PhysMem:
         self._bump = 0
         self._free: dict[int, Any] = {0: PfnStack()}  # order -> list[int]; order 0: PfnStack
         self.folios: dict[int, Folio] = {}
-        self.state: np.ndarray[Any, Any] = np.zeros(ram_pages, dtype=np.uint8)
+        # One byte more than RAM, always PAGE_FREE: np.take(..., mode="clip") of any pfn past
+        # RAM (device memory) lands there.
+        self.state: np.ndarray[Any, Any] = np.zeros(ram_pages + 1, dtype=np.uint8)
         self._state = memoryview(self.state)  # type: ignore[arg-type]  # one byte read or written without NumPy
         # Folios leaked by a bad free, by head pfn; and stand-ins for free pages that a
         # page-table entry still points at (a use-after-free the invariants report).
@@ -547,8 +549,7 @@ class PhysMem:
         n = int(pfns.shape[0])
         if not n:
             return
-        self.state[pfns] = PAGE_FREE
-        self.small.anon_vma[pfns] = 0
+        self.state[pfns] = PAGE_FREE  # (mapcount is 0; the anon_vma byte is set at allocation)
         self.used_pages -= n
         self.small.live -= n
         self._free[0].extend(pfns)
@@ -557,13 +558,8 @@ class PhysMem:
         """Which of these pfns (of present entries) are pages held as arrays."""
         if not self.small.live:
             return np.zeros(pfns.shape[0], dtype=np.bool_)
-        ram = pfns < self.ram_pages
-        if ram.all():
-            mask: np.ndarray[Any, Any] = (self.state[pfns] & PAGE_SMALL_ANON) != 0
-            return mask
-        out = np.zeros(pfns.shape[0], dtype=np.bool_)
-        out[ram] = (self.state[pfns[ram]] & PAGE_SMALL_ANON) != 0
-        return out
+        mask: np.ndarray[Any, Any] = (np.take(self.state, pfns, mode="clip") & PAGE_SMALL_ANON) != 0
+        return mask
 
     def is_small_anon(self, pfn: int) -> bool:
         return pfn < self.ram_pages and bool(self._state[pfn] & PAGE_SMALL_ANON)

@@ -147,19 +147,21 @@ def zap_pte_range(
     # reference) this was queued, in slot order among the other folios of the batch.
     gone_slots = gone = _NONE
     array_pages = 0
+    others = True
     if not keep_anon:
-        slots, pfns = table.small_anon_slots(first, last)
+        slots, pfns, others = table.split_small(first, last)
         array_pages = int(slots.shape[0])
         if array_pages:
             mapcount = k.physmem.small.mapcount
-            mapcount[pfns] -= 1  # one entry per page in one mm: no repeated pfns
-            last_map = mapcount[pfns] == 0
+            after = mapcount[pfns] - 1
+            mapcount[pfns] = after  # one entry per page in one mm: no repeated pfns
+            last_map = after == 0
             gone_slots, gone = slots[last_map], pfns[last_map]
             unmapped += int(gone.shape[0])
             small += array_pages
             if k.touched_small is not None:
                 k.touched_small.append(pfns)
-    runs = table.runs(first, last, skip_small=True)
+    runs = table.runs(first, last, skip_small=True) if others else []
     queued = 0  # pages held as arrays already in the batch
     for slot, nr, folio, page, special in runs:
         if queued < gone.shape[0] and gone_slots[queued] < slot:
