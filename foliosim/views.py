@@ -140,7 +140,7 @@ def folio_report(k: Kernel, task: Task, addr: int) -> FolioReport | None:
     """The folio mapped at addr in task (None when nothing is mapped there)."""
     from foliosim.scenario.queries import resolve
 
-    m = k.lookup(task.mm, addr)
+    m = k.lookup(task.mm, addr, peek=True)
     if m is None:
         return None
     folio, page = resolve(k, m.folio, m.page)

@@ -24,6 +24,7 @@ from foliosim.kernel.pgtable import (
     PteTable,
 )
 from foliosim.kernel.physmem import NOT_EXCLUSIVE_ONE, Folio
+from foliosim.kernel.pte_batch import MIN_BLOCK, copy_small_tables, full_small_rows
 from foliosim.kernel.smallpages import CLEAR_SMALL_EXCLUSIVE
 
 if TYPE_CHECKING:
@@ -67,8 +68,60 @@ def copy_page_range(k: Kernel, dst: VMA, src: VMA) -> None:
         if not copy_huge_pmd(k, dst, src, pmd_no):
             # -EAGAIN: the source PMD was split; copy at PTE level below.
             pass
+    # Whole tables full of order-0 anonymous pages held as arrays are copied as blocks
+    # (pte_batch.copy_small_tables); ``full`` gathers consecutive candidates.
+    full: list[int] = []
+    blocks = k.small_anon and k.physmem.small.live
+    nr_slots = geo.ptrs_per_pte
+    dtables = dst.mm.pgtables.pte_tables
     for pmd_no in sorted(n for n in spt.pte_tables if lo <= n <= hi):
+        table = spt.pte_tables[pmd_no]
+        base = pmd_no << geo.pmd_shift
+        if (
+            blocks
+            and table.present == nr_slots
+            and src.start <= base
+            and base + geo.pmd_size <= src.end
+            and pmd_no not in dtables
+        ):
+            full.append(pmd_no)
+            continue
+        if full:
+            _copy_full_tables(k, dst, src, full)
+            full = []
         copy_pte_range(k, dst, src, pmd_no)
+    if full:
+        _copy_full_tables(k, dst, src, full)
+
+
+def _copy_full_tables(k: Kernel, dst: VMA, src: VMA, full: list[int]) -> None:
+    """copy_pte_range() for consecutive tables every slot of which maps a page, in order:
+    runs of tables holding only pages held as arrays as blocks, the others one by one."""
+    spt = src.mm.pgtables.pte_tables
+    tables = [spt[n] for n in full]
+    rows = full_small_rows(k, tables) if len(full) >= MIN_BLOCK else None
+    block: list[tuple[int, PteTable]] = []
+    keep_exclusive = k.variant.cow_keeps_exclusive
+    for i, pmd_no in enumerate(full):
+        if rows is not None and rows[i]:
+            block.append((pmd_no, tables[i]))
+            continue
+        if block:
+            _copy_block(k, dst, src, block, keep_exclusive)
+            block = []
+        copy_pte_range(k, dst, src, pmd_no)
+    if block:
+        _copy_block(k, dst, src, block, keep_exclusive)
+
+
+def _copy_block(
+    k: Kernel, dst: VMA, src: VMA, block: list[tuple[int, PteTable]], keep_exclusive: bool
+) -> None:
+    if len(block) < MIN_BLOCK:
+        for pmd_no, _ in block:
+            copy_pte_range(k, dst, src, pmd_no)
+        return
+    copy_small_tables(k, dst, src, block, keep_exclusive)
 
 
 def copy_huge_pmd(k: Kernel, dst: VMA, src: VMA, pmd_no: int) -> bool:

@@ -257,9 +257,10 @@ class Kernel:
             return file_mappings_of(self.live_mms(), folio, geo.pmd_shift, geo.page_shift)
         return mappings_of(self.live_mms(), folio, geo.pmd_shift, geo.pud_shift, geo.page_shift)
 
-    def lookup(self, mm: MM, addr: int) -> Mapping | None:
+    def lookup(self, mm: MM, addr: int, peek: bool = False) -> Mapping | None:
+        """What maps addr in mm (walk.lookup); ``peek`` for readers that change nothing."""
         geo = self.geometry
-        return lookup(mm, addr, geo.page_shift, geo.pmd_shift, geo.pud_shift)
+        return lookup(mm, addr, geo.page_shift, geo.pmd_shift, geo.pud_shift, peek)
 
 
 def _round_up(n: int, align: int) -> int:

@@ -103,6 +103,32 @@ class PteTable:
         self.bits: np.ndarray[Any, Any] = np.zeros(n, dtype=np.uint8)
         self.present = 0
 
+    @classmethod
+    def from_arrays(
+        cls,
+        mem: PhysMem,
+        changed: set[PteTable] | None,
+        pmd_no: int,
+        owner: Any,
+        pfn: np.ndarray[Any, Any],
+        bits: np.ndarray[Any, Any],
+        present: int,
+    ) -> PteTable:
+        """A table over arrays already filled in (a row of a block of tables made at once:
+        kernel/pte_batch.py), noted as changed in every slot."""
+        table = cls.__new__(cls)
+        table.pmd_no = pmd_no
+        table.mem = mem
+        table.owner = owner
+        table.version = 0
+        table.changed = changed
+        table.lo = table.hi = 0
+        table.pfn = pfn
+        table.bits = bits
+        table.present = present
+        table.bump()
+        return table
+
     @property
     def nr_slots(self) -> int:
         return int(self.pfn.shape[0])

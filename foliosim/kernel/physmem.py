@@ -544,6 +544,13 @@ class PhysMem:
             self._drop_ghosts(int(pfns.min()), int(pfns.max()) - int(pfns.min()) + 1)
         return pfns
 
+    def order0_available(self) -> int:
+        """How many order-0 pages alloc_small_anon() could hand out now (free list and what
+        the bump pointer has left; free blocks of higher orders are not split for it)."""
+        return min(
+            len(self._free[0]) + self.ram_pages - self._bump, self.ram_pages - self.used_pages
+        )
+
     def free_small_anon(self, pfns: np.ndarray[Any, Any]) -> None:
         """Give pages held as arrays back to the allocator, in this order."""
         n = int(pfns.shape[0])

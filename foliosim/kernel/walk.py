@@ -23,8 +23,12 @@ class Mapping:
     slot: int = 0
 
 
-def lookup(mm: MM, addr: int, page_shift: int, pmd_shift: int, pud_shift: int) -> Mapping | None:
-    """Walk the page tables for addr; None if no present entry maps it."""
+def lookup(
+    mm: MM, addr: int, page_shift: int, pmd_shift: int, pud_shift: int, peek: bool = False
+) -> Mapping | None:
+    """Walk the page tables for addr; None if no present entry maps it. ``peek``: a reader
+    that changes nothing (a query, a dump) gets a read-only view of an order-0 anonymous
+    page held as arrays instead of turning it into an object (smallpages.py)."""
     leaf = mm.pgtables.pud_leaves.get(addr >> pud_shift)
     if leaf is not None:
         page = (addr - ((addr >> pud_shift) << pud_shift)) >> page_shift
@@ -41,7 +45,10 @@ def lookup(mm: MM, addr: int, page_shift: int, pmd_shift: int, pud_shift: int) -
     pfn = int(table.pfn[slot])
     if pfn < 0:
         return None
-    folio = table.mem.page_folio(pfn)
+    if peek and table.mem.is_small_anon(pfn):
+        folio = table.mem.small_view(pfn, table.mem._index_at(pfn, table, slot))
+    else:
+        folio = table.mem.page_folio(pfn, table, slot)
     bits = int(table.bits[slot])
     return Mapping(
         "pte",

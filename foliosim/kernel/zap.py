@@ -18,6 +18,7 @@ from foliosim.kernel import huge_memory, rmap
 from foliosim.kernel.mm import MM_ANONPAGES
 from foliosim.kernel.pgtable import PTE_DIRTY, PTE_MARKER_GUARD, PTE_YOUNG, PteTable
 from foliosim.kernel.physmem import Folio
+from foliosim.kernel.pte_batch import MIN_BLOCK, full_small_rows, zap_small_tables
 
 if TYPE_CHECKING:
     from foliosim.kernel.kernel import Kernel
@@ -72,15 +73,70 @@ def unmap_page_range(
     # arrays whose last reference went with their last mapping (zap_pte_range).
     puts: list[Folio | np.ndarray[Any, Any]] = []
     refs: list[int] = []
+    batch = (puts, refs)
+    nr_slots = geo.ptrs_per_pte
+    # Whole tables full of order-0 anonymous pages held as arrays go through one block
+    # operation (pte_batch.zap_small_tables); ``full`` gathers consecutive candidates.
+    full: list[tuple[int, PteTable]] = []
+    blocks = k.small_anon and not keep_anon and k.physmem.small.live
     for pmd_no in _keys_in(pgt.pte_tables, start >> geo.pmd_shift, (end - 1) >> geo.pmd_shift):
         table = pgt.pte_tables[pmd_no]
         lo = pmd_no << geo.pmd_shift
+        if blocks and table.present == nr_slots and start <= lo and lo + geo.pmd_size <= end:
+            full.append((pmd_no, table))
+            continue
+        if full:
+            _zap_full_tables(k, vma, full, batch, drop_markers)
+            full = []
         first = max(start - lo, 0) >> k.page_shift
         last = min(end - lo, geo.pmd_size) >> k.page_shift
-        zap_pte_range(k, vma, table, first, last, (puts, refs), drop_markers, keep_anon)
+        zap_pte_range(k, vma, table, first, last, batch, drop_markers, keep_anon)
         if drop_markers and table.all_none():
             del pgt.pte_tables[pmd_no]
+    if full:
+        _zap_full_tables(k, vma, full, batch, drop_markers)
     k.folios_put_refs(puts, refs)
+
+
+def _zap_full_tables(
+    k: Kernel,
+    vma: VMA,
+    full: list[tuple[int, PteTable]],
+    batch: tuple[list[Folio | np.ndarray[Any, Any]], list[int]],
+    drop_markers: bool,
+) -> None:
+    """zap_pte_range() over consecutive tables every slot of which maps a page, in order:
+    runs of tables holding only pages held as arrays as blocks, the others one by one."""
+    rows = full_small_rows(k, [t for _, t in full]) if len(full) >= MIN_BLOCK else None
+    block: list[tuple[int, PteTable]] = []
+    for i, (pmd_no, table) in enumerate(full):
+        if rows is not None and rows[i]:
+            block.append((pmd_no, table))
+            continue
+        if block:
+            _zap_block(k, vma, block, batch, drop_markers)
+            block = []
+        zap_pte_range(k, vma, table, 0, table.nr_slots, batch, drop_markers)
+        if drop_markers and table.all_none():
+            del vma.mm.pgtables.pte_tables[pmd_no]
+    if block:
+        _zap_block(k, vma, block, batch, drop_markers)
+
+
+def _zap_block(
+    k: Kernel,
+    vma: VMA,
+    block: list[tuple[int, PteTable]],
+    batch: tuple[list[Folio | np.ndarray[Any, Any]], list[int]],
+    drop_markers: bool,
+) -> None:
+    if len(block) < MIN_BLOCK:
+        for pmd_no, table in block:
+            zap_pte_range(k, vma, table, 0, table.nr_slots, batch, drop_markers)
+            if drop_markers and table.all_none():
+                del vma.mm.pgtables.pte_tables[pmd_no]
+        return
+    zap_small_tables(k, vma, block, batch, drop_markers)
 
 
 _NONE: np.ndarray[Any, Any] = np.empty(0, dtype=np.int64)

@@ -52,7 +52,7 @@ def evaluate(run: Run, q: Query) -> QValue:
     addr = run.address(q.addr)
     if addr is None:
         return None
-    m = k.lookup(task.mm, addr)
+    m = k.lookup(task.mm, addr, peek=True)
     if q.kind == "level":
         return None if m is None else m.level
     if m is None:

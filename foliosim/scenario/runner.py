@@ -41,6 +41,7 @@ from foliosim.kernel.pgtable import (
     PTE_YOUNG,
 )
 from foliosim.kernel.physmem import WRITTEN_ONE
+from foliosim.kernel.pte_batch import MIN_BLOCK, fault_small_tables
 from foliosim.kernel.smallpages import SMALL_WRITTEN
 from foliosim.scenario.parser import Addr, Num, ScenarioError, Stmt, size_value
 from foliosim.scenario.queries import QValue, UnknownCounter
@@ -559,6 +560,20 @@ def _anon_batch(k: Kernel, vma: Any, addr: int, end: int, write: bool, store: bo
             return 0  # create_huge_pmd gets the first say
     if huge_memory.thp_vma_allowable_orders(k, vma, below_pmd=True):
         return 0
+    if write and k.small_anon and table is None and not addr & (geo.pmd_size - 1):
+        # Several whole PMD ranges without tables: fault them as one block of tables.
+        limit = min(end, vma.end) >> geo.pmd_shift
+        count = 0
+        while (
+            pmd_no + count < limit
+            and pmd_no + count not in pgt.pte_tables
+            and pmd_no + count not in pgt.pmd_leaves
+        ):
+            count += 1
+        if count >= MIN_BLOCK:
+            done = fault_small_tables(k, vma, pmd_no, count, written=store)
+            if done:
+                return done
     stop = min(end, vma.end, (pmd_no + 1) << geo.pmd_shift)
     first = (addr >> k.page_shift) & (geo.ptrs_per_pte - 1)
     nr = (stop - addr + k.page_size - 1) >> k.page_shift
