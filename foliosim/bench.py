@@ -2,9 +2,10 @@
 host kernel doing the same system calls, with ratios and peak memory.
 
 Times are wall clock from one run on whatever machine this is: compare the ratios printed
-beside each other, not absolute numbers across machines. Peak memory comes from a second run
-of each model workload under tracemalloc (which slows allocation several times, so it is
-never in the timed run). The per-page model is benchmarks/perpage.py of a source checkout
+beside each other, not absolute numbers across machines. Peak memory is the resident growth
+of a second run of each model workload in a fresh process (bench_memory.py: the model's
+per-page arrays are handed out by the OS lazily, so resident memory is what they cost). The
+per-page model is benchmarks/perpage.py of a source checkout
 (not part of the package): its column is empty when that file is not there.
 """
 
@@ -13,7 +14,6 @@ from __future__ import annotations
 import importlib.util
 import sys
 import time
-import tracemalloc
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +21,7 @@ from types import ModuleType
 from typing import Any
 
 from foliosim.bench_host import host_description, host_times
+from foliosim.bench_memory import fuzz_peak_growth, peak_growth, write_growth
 from foliosim.gc_policy import collect_less
 from foliosim.scenario.runner import Run, StmtResult, build_kernel, execute, run_statement
 from foliosim.scenario.statements import parse_text
@@ -76,16 +77,6 @@ def timed_statements(text: str) -> dict[int, float]:
             run_statement(run, stmt, StmtResult(stmt.line, stmt.source))
             out[stmt.line] = time.perf_counter() - start
     return out
-
-
-def peak_of(job: Callable[[], object]) -> int:
-    tracemalloc.start()
-    try:
-        job()
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    return peak
 
 
 def anon_program(mib: int, thp: bool) -> str:
@@ -188,7 +179,7 @@ def bench_anon(
     kind = "PMD THP" if thp else "4K"
     text = anon_program(mib, thp)
     times = timed_statements(text)
-    peak = peak_of(lambda: execute("<bench>", parse_text("<bench>", text)))
+    peak = peak_growth(text)
     ref = perpage_anon(pp, mib, thp) if pp is not None else {}
     hk = host["thp" if thp else "4k"] if host else {}
     units = f"{mib * 256} PTEs" if not thp else f"{mib // 2} PMDs"
@@ -212,7 +203,7 @@ def bench_devdax(results: list[Result], size_gib: int) -> None:
     run = execute("<bench>", stmts)
     seconds = time.perf_counter() - start
     assert not run.failed
-    peak = peak_of(lambda: execute("<bench>", stmts))
+    peak = peak_growth(text)
     results.append(
         Result(
             f"devdax PUD fault+fork+munmap {_size(size_gib << 10)}",
@@ -229,7 +220,7 @@ def bench_split(
 ) -> None:
     text = split_program(n)
     times = timed_statements(text)
-    peak = peak_of(lambda: execute("<bench>", parse_text("<bench>", text)))
+    peak = peak_growth(text)
     results.append(
         Result(
             f"split {n} PMDs (munmap half of each THP)",
@@ -256,12 +247,10 @@ def fuzz_rate(seeds: int, steps: int, ownership: bool) -> tuple[float, int]:
 
 
 def bench_fuzz(results: list[Result], seeds: int, steps: int) -> None:
-    from foliosim.fuzz.engine import program_for, run_program
 
     rate_on, done = fuzz_rate(seeds, steps, True)
     rate_off, _ = fuzz_rate(seeds, steps, False)
-    lines = program_for(0, steps, None)
-    peak = peak_of(lambda: run_program(lines, None))
+    peak = fuzz_peak_growth(0)
     results.append(
         Result(
             "fuzz steps/s, all invariants, ownership on",
@@ -283,7 +272,7 @@ def bench_scenario(results: list[Result], statements: int) -> None:
     run = execute("<bench>", stmts)
     done = time.perf_counter()
     assert not run.failed
-    peak = peak_of(lambda: execute("<bench>", parse_text("<bench>", text)))
+    peak = peak_growth(text)
     results.append(
         Result(
             f"scenario parse+run, {len(stmts)} statements",
@@ -296,32 +285,30 @@ def bench_scenario(results: list[Result], statements: int) -> None:
     )
 
 
-def bytes_per_page(mib: int = 64) -> float:
-    """Model state per PTE-mapped 4K anon page: traced memory held after faulting ``mib``
-    MiB (thp=never) minus before, over the number of pages."""
-    stmts = parse_text("<bench>", f"config thp=never\ntask A\nA: m = mmap {mib}M\n")
-    write = parse_text("<bench>", f"task A\nA: m = mmap {mib}M\nA: write m {mib}M\n")[-1]
-    tracemalloc.start()
-    try:
-        run = execute("<bench>", stmts)
-        before, _ = tracemalloc.get_traced_memory()
-        run_statement(run, write, StmtResult(write.line, write.source))
-        after, _ = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    return (after - before) / (mib * 256)
-
-
-def bench_memory(results: list[Result], mib: int) -> None:
-    per_page = bytes_per_page(mib)
-    gib64 = per_page * (64 << 18)
+def bench_memory(results: list[Result], mib: int, big_gib: int) -> None:
+    """Model state per PTE-mapped 4K anonymous page, as resident memory: writing ``mib`` MiB
+    in a fresh process, and the whole process after writing ``big_gib`` GiB."""
+    one = write_growth(mib, max(2 * mib >> 10, 4))
+    big = write_growth(big_gib << 10, big_gib + 16)
+    pages = mib * 256
+    per_page = one["growth"] / pages if one else None
+    resident = big.get("resident")
+    note = (
+        f"{per_page:.1f} bytes/page resident (target 16); process after {big_gib} GiB: "
+        f"{resident / 2**30:.2f} GiB resident (target < 2)"
+        if per_page is not None and resident is not None
+        else "could not measure"
+    )
     results.append(
         Result(
-            f"memory: PTE-mapped 4K anon, {_size(mib)}",
-            f"{mib * 256} pages",
-            note=f"{per_page:.0f} bytes/page (target 16); 64 GiB would need "
-            f"{gib64 / 2**30:.1f} GiB (target < 2)",
-            extra={"bytes_per_page": per_page},
+            f"memory: PTE-mapped 4K anon, {_size(mib)}; process at {big_gib} GiB",
+            f"{pages} pages",
+            note=note,
+            extra={
+                "bytes_per_page": per_page or 0.0,
+                "resident_bytes_after_big": float(resident or 0),
+                "big_gib": float(big_gib),
+            },
         )
     )
 
@@ -354,7 +341,7 @@ def run_bench(quick: bool, progress: Callable[[str], None] | None = None) -> lis
     step("scenario")
     bench_scenario(results, 1000 if quick else 10000)
     step("memory")
-    bench_memory(results, 64)
+    bench_memory(results, 64 if quick else 1024, 4 if quick else 64)
     if host is None:
         for r in results:
             if r.kernel_s is None and not r.note:

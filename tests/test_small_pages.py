@@ -108,3 +108,25 @@ def test_pfn_stack_pops_in_push_order_reversed() -> None:
     assert stack.pop() == 2
     assert stack.pop_many(5).tolist() == [1]
     assert not stack
+
+
+def test_a_page_with_no_room_for_another_mapcount_becomes_an_object_at_fork() -> None:
+    """Mapcounts of pages held as arrays are int16: fork makes a page that already has the
+    largest one an object before adding the child's mapping (and reference) to it."""
+    from foliosim.kernel.smallpages import MAX_SMALL_MAPCOUNT
+
+    stmts = parse_text("<t>", "config thp=never\ntask A\nA: m = mmap 64K\nA: write m 64K\n")
+    run = execute("<t>", stmts)
+    k = run.kernel
+    table = next(iter(k.tasks["A"].mm.pgtables.pte_tables.values()))
+    pfns = table.pfn[table.pfn >= 0]
+    crowded = int(pfns[5])
+    k.physmem.small.mapcount[crowded] = MAX_SMALL_MAPCOUNT  # as if mapped by 32767 mms
+    fork = parse_text("<t>", "task A\nA: fork B\n")[-1]
+    run_statement(run, fork, StmtResult(fork.line, fork.source))
+    folio = k.physmem.folios[crowded]
+    assert folio.mapcount_small == MAX_SMALL_MAPCOUNT + 1
+    assert folio.refcount == MAX_SMALL_MAPCOUNT + 1
+    others = pfns[pfns != crowded]
+    assert (k.physmem.state[others] & PAGE_SMALL_ANON).all()
+    assert (k.physmem.small.mapcount[others] == 2).all()

@@ -25,7 +25,7 @@ from foliosim.kernel.pgtable import (
 )
 from foliosim.kernel.physmem import NOT_EXCLUSIVE_ONE, Folio
 from foliosim.kernel.pte_batch import MIN_BLOCK, copy_small_tables, full_small_rows
-from foliosim.kernel.smallpages import CLEAR_SMALL_EXCLUSIVE
+from foliosim.kernel.smallpages import CLEAR_SMALL_EXCLUSIVE, MAX_SMALL_MAPCOUNT
 
 if TYPE_CHECKING:
     from foliosim.kernel.kernel import Kernel
@@ -117,11 +117,9 @@ def _copy_full_tables(k: Kernel, dst: VMA, src: VMA, full: list[int]) -> None:
 def _copy_block(
     k: Kernel, dst: VMA, src: VMA, block: list[tuple[int, PteTable]], keep_exclusive: bool
 ) -> None:
-    if len(block) < MIN_BLOCK:
+    if len(block) < MIN_BLOCK or not copy_small_tables(k, dst, src, block, keep_exclusive):
         for pmd_no, _ in block:
             copy_pte_range(k, dst, src, pmd_no)
-        return
-    copy_small_tables(k, dst, src, block, keep_exclusive)
 
 
 def copy_huge_pmd(k: Kernel, dst: VMA, src: VMA, pmd_no: int) -> bool:
@@ -266,6 +264,15 @@ def _copy_small_anon_arrays(
     if not n:
         return others
     mem = k.physmem
+    crowded = mem.small.mapcount[pfns] >= MAX_SMALL_MAPCOUNT
+    if crowded.any():  # no room for one more mapcount in an int16: make them objects
+        for slot in slots[crowded].tolist():
+            stable.entry(slot)
+        keep = ~crowded
+        slots, pfns, others = slots[keep], pfns[keep], True
+        n = int(slots.shape[0])
+        if not n:
+            return others
     mem.small.mapcount[pfns] += 1  # one entry per page in one mm: no repeated pfns
     if not keep_exclusive:
         mem.state[pfns] &= CLEAR_SMALL_EXCLUSIVE

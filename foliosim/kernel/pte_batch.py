@@ -22,7 +22,11 @@ import numpy as np
 
 from foliosim.kernel.mm import MM_ANONPAGES
 from foliosim.kernel.pgtable import CLEAR_WRITE, CLEAR_YOUNG, PteTable
-from foliosim.kernel.smallpages import CLEAR_SMALL_EXCLUSIVE, PAGE_SMALL_ANON
+from foliosim.kernel.smallpages import (
+    CLEAR_SMALL_EXCLUSIVE,
+    MAX_SMALL_MAPCOUNT,
+    PAGE_SMALL_ANON,
+)
 
 if TYPE_CHECKING:
     from foliosim.kernel.kernel import Kernel
@@ -94,15 +98,19 @@ def zap_small_tables(
 
 def copy_small_tables(
     k: Kernel, dst: VMA, src: VMA, block: list[tuple[int, PteTable]], keep_exclusive: bool
-) -> None:
+) -> bool:
     """copy_pte_range() for whole tables of ``src`` holding only pages held as arrays, into
     a child that has no table there yet: every page gains a mapcount (and reference) and
     loses AnonExclusive, the child's MM_ANONPAGES grows, a COW mapping's entries lose the
-    write bit on both sides, the child's entries are old."""
+    write bit on both sides, the child's entries are old. False, with nothing done, when a
+    page has no room for another mapcount (the per-table path makes it an object)."""
     pfns = np.stack([t.pfn for _, t in block])
     flat = pfns.ravel()
     mem = k.physmem
     span = _span(flat)
+    counts = mem.small.mapcount[span[0] : span[1]] if span is not None else mem.small.mapcount[flat]
+    if int(counts.max()) >= MAX_SMALL_MAPCOUNT:
+        return False
     if span is not None:
         mem.small.mapcount[span[0] : span[1]] += 1
         if not keep_exclusive:
@@ -125,6 +133,7 @@ def copy_small_tables(
             mem, dpgt.changed, pmd_no, dpgt.mm, pfns[i], bits[i], nr
         )
     dst.mm.rss[MM_ANONPAGES] += int(flat.shape[0])
+    return True
 
 
 def fault_small_tables(k: Kernel, vma: VMA, first_pmd: int, count: int, written: bool) -> int:

@@ -3,7 +3,7 @@
 Most of what a program maps is order-0 anonymous memory, and one Python object per 4K page
 costs hundreds of bytes and a Python round trip per page in every fault, fork and zap. So a
 batched fault (memory.do_anonymous_pages) hands out pages that live only in per-pfn arrays:
-the mapcount (int32), the index of their anon_vma (uint8) and two flags in PhysMem.state
+the mapcount (int16), the index of their anon_vma (uint8) and two flags in PhysMem.state
 (PageAnonExclusive, "written"). What else an order-0 anonymous folio has is fixed while it
 lives this way: PG_anon, PG_swapbacked and PG_lru set, not dirty, not referenced, no pin and
 no reference but its mappings' — so its refcount *is* its mapcount. The fast paths of zap
@@ -36,6 +36,9 @@ CLEAR_SMALL_EXCLUSIVE = 0xFF ^ SMALL_EXCLUSIVE
 # anon_vma indexes are one byte: past this many anon_vmas in one machine, faults go back
 # to making Folio objects (nothing else changes).
 MAX_ANON_VMAS = 255
+# Mapcounts are int16 (two bytes a page): a page about to be mapped this many times becomes
+# a Folio object first (fork does that; nothing else adds mappings to pages held here).
+MAX_SMALL_MAPCOUNT = 32767
 
 
 class PfnStack:
@@ -113,7 +116,7 @@ class SmallAnonPages:
 
     def __init__(self, ram_pages: int) -> None:
         # calloc'd: the OS gives memory only to the parts a run touches.
-        self.mapcount: np.ndarray[Any, Any] = np.zeros(ram_pages, dtype=np.int32)
+        self.mapcount: np.ndarray[Any, Any] = np.zeros(ram_pages, dtype=np.int16)
         self.anon_vma: np.ndarray[Any, Any] = np.zeros(ram_pages, dtype=np.uint8)
         self._mapcount = memoryview(self.mapcount)  # type: ignore[arg-type]
         self._anon_vma = memoryview(self.anon_vma)  # type: ignore[arg-type]
