@@ -123,22 +123,22 @@ class KernelConfig:
             )
         return self.geometry.pud_order
 
-    @property
+    @cached_property  # the configuration never changes once built
     def pmd_nr(self) -> int:
         return 1 << self.geometry.pmd_order
 
-    @property
+    @cached_property  # the configuration never changes once built
     def pud_nr(self) -> int:
         return 1 << self.geometry.pud_order
 
-    @property
+    @cached_property  # the configuration never changes once built
     def thp_pud(self) -> bool:
         """PUD-level huge leaves of THP/DAX exist: THP && HAVE_ARCH_TRANSPARENT_HUGEPAGE_PUD."""
         return self.enabled("TRANSPARENT_HUGEPAGE") and self.enabled(
             "HAVE_ARCH_TRANSPARENT_HUGEPAGE_PUD"
         )
 
-    @property
+    @cached_property  # the configuration never changes once built
     def page_mapcount(self) -> bool:
         return self.enabled("PAGE_MAPCOUNT")
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from foliosim.kernel import rmap
 from foliosim.kernel.files import BackingFile
-from foliosim.kernel.mm import VM
+from foliosim.kernel.mm import VM, mm_counter_file, vma_page_prot_writable
 from foliosim.kernel.mmap import SyscallError
 from foliosim.kernel.pgtable import PTE_DIRTY, PTE_SPECIAL, PTE_WRITE, PTE_YOUNG, Leaf
 from foliosim.kernel.physmem import Folio
@@ -122,7 +122,8 @@ class DaxDevice(BackingFile):
         """dev_dax_huge_fault() (drivers/dax/device.c, 7.1.8): the fault size must equal the
         device alignment (smaller: SIGBUS; larger: fallback; PMD with a larger alignment:
         SIGBUS); the VMA must be shared and aligned (check_vma)."""
-        k.enter(f"dev_dax_huge_fault(order={order})")
+        if k.trace_log is not None:  # (no string built when not tracing)
+            k.enter(f"dev_dax_huge_fault(order={order})")
         geo = k.geometry
         if not vma.flags & VM.MAYSHARE or vma.start % self.align or vma.end % self.align:
             return "SIGBUS"
@@ -156,7 +157,6 @@ class DaxDevice(BackingFile):
 
 
 def _leaf_writable(vma: VMA, write: bool) -> bool:
-    from foliosim.kernel.memory import vma_page_prot_writable
 
     return (write and bool(vma.flags & VM.WRITE)) or vma_page_prot_writable(vma)
 
@@ -168,7 +168,6 @@ def vmf_insert_folio_pud(k: Kernel, vma: VMA, addr: int, folio: Folio, write: bo
     A present entry is only made young/dirty/writable on a write (WARN_ON_ONCE if it maps
     another pfn). Otherwise: folio_get, folio_add_file_rmap_pud, file RSS += HPAGE_PUD_NR.
     """
-    from foliosim.kernel.memory import mm_counter_file
 
     geo = k.geometry
     pud_no = addr >> geo.pud_shift
@@ -206,7 +205,6 @@ def vmf_insert_folio_pmd(k: Kernel, vma: VMA, addr: int, folio: Folio, write: bo
     """vmf_insert_folio_pmd() -> insert_pmd() (mm/huge_memory.c, 7.1.8); legacy
     vmf_insert_pfn_pmd. The huge zero folio is inserted special with no accounting (and, for
     DAX, no deposited table: arch_needs_pgtable_deposit() is false on x86-64)."""
-    from foliosim.kernel.memory import mm_counter_file
 
     geo = k.geometry
     pmd_no = addr >> geo.pmd_shift
@@ -248,7 +246,6 @@ def vmf_insert_page_mkwrite(
 ) -> str | None:
     """vmf_insert_page_mkwrite() -> insert_page_into_pte_locked() (mm/memory.c, 7.1.8);
     legacy vmf_insert_mixed (special devmap PTE). The zero page goes in special."""
-    from foliosim.kernel.memory import mm_counter_file
 
     geo = k.geometry
     table = vma.mm.pgtables.pte_table(addr >> geo.pmd_shift, create=True)

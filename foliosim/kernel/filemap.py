@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from foliosim.kernel import rmap
 from foliosim.kernel.files import filemap_add_folio
-from foliosim.kernel.mm import VM
+from foliosim.kernel.mm import VM, mm_counter_file, vma_page_prot_writable
 from foliosim.kernel.pgtable import PTE_WRITE, PTE_YOUNG
 from foliosim.kernel.physmem import Folio
 
@@ -178,7 +178,6 @@ def filemap_map_pages(k: Kernel, vma: VMA, addr: int) -> None:
     mapped whole (_maps_whole_folio).
     """
     from foliosim.kernel.huge_memory import do_set_pmd
-    from foliosim.kernel.memory import mm_counter_file, vma_page_prot_writable
 
     k.enter("filemap_map_pages")
     file = vma.file

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from foliosim.kernel import rmap
-from foliosim.kernel.mm import MM, MM_ANONPAGES, VM, VMA, AnonVma
+from foliosim.kernel.mm import MM, MM_ANONPAGES, VM, VMA, AnonVma, mm_counter
 from foliosim.kernel.pgtable import (
     CLEAR_WRITE,
     CLEAR_WRITE_YOUNG,
@@ -300,7 +300,6 @@ def _copy_run(
     nr: int,
     cow: bool,
 ) -> None:
-    from foliosim.kernel.memory import mm_counter
 
     assert isinstance(stable, PteTable) and isinstance(dtable, PteTable)
     bits = stable.bits[slot : slot + nr].copy()

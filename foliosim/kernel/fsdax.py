@@ -108,7 +108,8 @@ class FsdaxFile(BackingFile):
 
     def huge_fault(self, k: Kernel, vma: VMA, addr: int, write: bool, order: int) -> str | None:
         """dax_iomap_fault() (fs/dax.c, 7.1.8) through ext4_dax_huge_fault()."""
-        k.enter(f"dax_iomap_fault(order={order})")
+        if k.trace_log is not None:  # (no string built when not tracing)
+            k.enter(f"dax_iomap_fault(order={order})")
         geo = k.geometry
         pgoff = vma.linear_page_index(addr, k.page_shift)
         if any(lo <= pgoff and (hi is None or pgoff < hi) for lo, hi, _ in self.pending):

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from foliosim.kernel import rmap
-from foliosim.kernel.mm import MM_ANONPAGES, VM
+from foliosim.kernel.mm import MM_ANONPAGES, VM, mm_counter, mm_counter_file, vma_page_prot_writable
 from foliosim.kernel.pgtable import PTE_DIRTY, PTE_SPECIAL, PTE_WRITE, PTE_YOUNG, Leaf
 from foliosim.kernel.physmem import Folio
 
@@ -218,7 +218,6 @@ def do_set_pmd(k: Kernel, vma: VMA, addr: int, folio: Folio, write: bool) -> boo
     PMD: file rmap (NR_FILE_PMDMAPPED/NR_SHMEM_PMDMAPPED), RSS += HPAGE_PMD_NR,
     THP_FILE_MAPPED. Refused for VM_NOHUGEPAGE, a misaligned range or a folio that does not
     start at the PMD's file offset. The caller's reference becomes the mapping's."""
-    from foliosim.kernel.memory import mm_counter_file, vma_page_prot_writable
 
     geo = k.geometry
     if vma_thp_disabled(vma) or folio.order != geo.pmd_order:
@@ -252,7 +251,6 @@ def __split_huge_pmd(k: Kernel, vma: VMA, addr: int) -> None:
     THP: 512 PTEs with the PMD's bits, refcount +511, per-page mapcounts +1, AnonExclusive
     copied from the head to every page, then the PMD rmap is removed.
     """
-    from foliosim.kernel.memory import mm_counter_file
 
     geo = k.geometry
     pmd_no = addr >> geo.pmd_shift
@@ -316,7 +314,6 @@ def __split_huge_pud(k: Kernel, vma: VMA, addr: int) -> None:
     the folio to choose the counter (mm_counter_file), a use-after-put the ownership checker
     reports. Non-DAX (pfnmap special) PUDs carry no accounting.
     """
-    from foliosim.kernel.memory import mm_counter_file
 
     pud_no = addr >> k.geometry.pud_shift
     leaf = vma.mm.pgtables.pud_leaves.pop(pud_no, None)
@@ -372,8 +369,6 @@ def pud_clear_bad(k: Kernel, vma: VMA, pud_no: int, site: str) -> None:
         f"(pfn {leaf.folio.pfn:#x}; {site}: pud_none_or_clear_bad on a leaf PUD)",
     )
     if k.variant.mremap_pud_drops_rss and site == "get_old_pud" and not leaf.special:
-        from foliosim.kernel.memory import mm_counter_file
-
         vma.mm.rss[mm_counter_file(leaf.folio)] -= k.config.pud_nr
 
 
@@ -385,7 +380,6 @@ def zap_huge_pmd(k: Kernel, vma: VMA, pmd_no: int) -> None:
     PMDs: the seed's rule). A mapped folio loses the PMD rmap and HPAGE_PMD_NR of RSS; its
     reference is dropped through the mmu_gather (here: at once).
     """
-    from foliosim.kernel.memory import mm_counter
 
     leaf = vma.mm.pgtables.pmd_leaves.pop(pmd_no, None)
     if leaf is None:
@@ -428,7 +422,6 @@ def zap_huge_pud(k: Kernel, vma: VMA, pud_no: int) -> None:
     (seed: BUG_ON; mainline: VM_WARN_ON_ONCE); the PUD rmap is removed, HPAGE_PUD_NR of file
     RSS dropped, and the page freed through the mmu_gather at PUD size (the reference put).
     """
-    from foliosim.kernel.memory import mm_counter_file
 
     leaf = vma.mm.pgtables.pud_leaves.pop(pud_no, None)
     if leaf is None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from foliosim.kernel import rmap
-from foliosim.kernel.mm import MM_ANONPAGES, VM
+from foliosim.kernel.mm import MM_ANONPAGES, VM, mm_counter_file
 from foliosim.kernel.pgtable import PTE_MARKER_GUARD, PTE_SPECIAL, Leaf
 from foliosim.kernel.physmem import Folio
 
@@ -192,7 +192,6 @@ def _map_collapsed_folio(k: Kernel, vma: VMA, haddr: int, folio: Folio) -> str |
     only be none or map the matching pages of the PMD-sized folio; those are removed with
     their table, then do_set_pmd() maps the folio with one PMD."""
     from foliosim.kernel.huge_memory import do_set_pmd
-    from foliosim.kernel.memory import mm_counter_file
 
     geo = k.geometry
     pmd_no = haddr >> geo.pmd_shift

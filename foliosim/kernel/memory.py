@@ -13,7 +13,7 @@ import numpy as np
 
 from foliosim.kernel import huge_memory, rmap
 from foliosim.kernel.filemap import filemap_fault, filemap_map_pages
-from foliosim.kernel.mm import MM_ANONPAGES, VM
+from foliosim.kernel.mm import MM_ANONPAGES, VM, mm_counter, mm_counter_file, vma_page_prot_writable
 from foliosim.kernel.pgtable import (
     PTE_DIRTY,
     PTE_MARKER_GUARD,
@@ -31,24 +31,6 @@ if TYPE_CHECKING:
 
 SIGSEGV = "SIGSEGV"
 SIGBUS = "SIGBUS"
-
-
-def mm_counter_file(folio: Folio) -> int:
-    """mm_counter_file() (include/linux/mm.h): MM_SHMEMPAGES if swapbacked else MM_FILEPAGES."""
-    return 3 if folio.swapbacked else 0
-
-
-def mm_counter(folio: Folio) -> int:
-    """mm_counter(): MM_ANONPAGES for anon folios, else mm_counter_file()."""
-    return MM_ANONPAGES if folio.anon else mm_counter_file(folio)
-
-
-def vma_page_prot_writable(vma: VMA) -> bool:
-    """Whether vm_page_prot itself is writable: a shared writable mapping that does not want
-    write notification (vma_wants_writenotify() false: shmem, device-dax)."""
-    if not (vma.flags & VM.SHARED and vma.flags & VM.WRITE):
-        return False
-    return vma.file is not None and not vma.file.page_mkwrite
 
 
 def handle_mm_fault(k: Kernel, task: Task, vma: VMA, addr: int, write: bool) -> str | None:

@@ -19,6 +19,7 @@ from foliosim.kernel.physmem import PhysMem
 
 if TYPE_CHECKING:
     from foliosim.kernel.files import BackingFile
+    from foliosim.kernel.physmem import Folio
 
 
 class VM:
@@ -222,3 +223,21 @@ def _mergeable(a: VMA, b: VMA, page_shift: int) -> bool:
     if a.file is not None and a.file.kind == "devdax":
         return False
     return a.anon_vma is None or b.anon_vma is None or a.anon_vma is b.anon_vma
+
+
+def mm_counter_file(folio: Folio) -> int:
+    """mm_counter_file() (include/linux/mm.h): MM_SHMEMPAGES if swapbacked else MM_FILEPAGES."""
+    return 3 if folio.swapbacked else 0
+
+
+def mm_counter(folio: Folio) -> int:
+    """mm_counter(): MM_ANONPAGES for anon folios, else mm_counter_file()."""
+    return MM_ANONPAGES if folio.anon else mm_counter_file(folio)
+
+
+def vma_page_prot_writable(vma: VMA) -> bool:
+    """Whether vm_page_prot itself is writable: a shared writable mapping that does not want
+    write notification (vma_wants_writenotify() false: shmem, device-dax)."""
+    if not (vma.flags & VM.SHARED and vma.flags & VM.WRITE):
+        return False
+    return vma.file is not None and not vma.file.page_mkwrite

@@ -12,8 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from foliosim.kernel import huge_memory
-from foliosim.kernel.memory import vma_page_prot_writable
-from foliosim.kernel.mm import VM
+from foliosim.kernel.mm import VM, vma_page_prot_writable
 from foliosim.kernel.mmap import SyscallError, page_align, prot_flags, split_vma_at
 from foliosim.kernel.pgtable import CLEAR_WRITE, PTE_DIRTY, PTE_WRITE, PteTable
 from foliosim.kernel.smallpages import SMALL_EXCLUSIVE

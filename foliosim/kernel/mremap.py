@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from foliosim.kernel import huge_memory
-from foliosim.kernel.mm import VMA
+from foliosim.kernel.mm import VMA, mm_counter_file
 from foliosim.kernel.mmap import (
     SyscallError,
     check_splits,
@@ -118,8 +118,6 @@ def move_huge_pud(k: Kernel, vma: VMA, pud_no: int, delta: int, end: int) -> Non
         leaf = pgt.pud_leaves.pop(pud_no)
         pgt.pud_leaves[(lo + delta) >> geo.pud_shift] = leaf
         if k.variant.mremap_pud_drops_rss and not leaf.special:
-            from foliosim.kernel.memory import mm_counter_file
-
             vma.mm.rss[mm_counter_file(leaf.folio)] -= k.config.pud_nr
     else:
         huge_memory.__split_huge_pud(k, vma, lo)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from foliosim.kernel import rmap
+from foliosim.kernel.mm import mm_counter_file
 from foliosim.kernel.pgtable import PTE_DIRTY
 
 if TYPE_CHECKING:
@@ -24,7 +25,6 @@ def try_to_unmap(k: Kernel, folio: Folio) -> None:
     """try_to_unmap() (mm/rmap.c, 7.1.8) for a file or shmem folio: every PTE and PMD that
     maps it is cleared, its dirty bit moved into the folio, the rmap, RSS and the entry's
     reference dropped."""
-    from foliosim.kernel.memory import mm_counter_file
 
     for ref in k.rmap_walk(folio):
         vma = ref.mm.find_vma(ref.addr)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from foliosim.kernel import huge_memory, rmap
-from foliosim.kernel.mm import MM_ANONPAGES
+from foliosim.kernel.mm import MM_ANONPAGES, mm_counter
 from foliosim.kernel.pgtable import PTE_DIRTY, PTE_MARKER_GUARD, PTE_YOUNG, PteTable
 from foliosim.kernel.physmem import Folio
 from foliosim.kernel.pte_batch import MIN_BLOCK, full_small_rows, zap_small_tables
@@ -183,7 +183,6 @@ def zap_pte_range(
     clear. Order-0 anonymous folios take an inline path whose RSS and vmstat updates are
     summed per table.
     """
-    from foliosim.kernel.memory import mm_counter
 
     bits = table.bits
     kept_markers = None
