@@ -183,6 +183,19 @@ _CATALOGUE: list[tuple[str, str, Variant, dict[str, bool]]] = [
         {"unpin_put_early": True},
     ),
     (
+        "zap-small-no-rss",
+        "zap_pte_range forgets add_mm_counter(MM_ANONPAGES) for order-0 anonymous folios",
+        MAINLINE,
+        {"zap_small_forgets_rss": True},
+    ),
+    (
+        "fork-pte-skips-dup",
+        "copy_present_ptes maps an order-0 anon folio in the child without "
+        "folio_try_dup_anon_rmap_pte or folio_get",
+        MAINLINE,
+        {"fork_pte_skips_dup": True},
+    ),
+    (
         "deferred-no-requeue",
         "deferred_split_scan drops a folio whose split failed",
         MAINLINE,

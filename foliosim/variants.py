@@ -65,6 +65,8 @@ class Variant:
     split_pud_forgets_rmap: bool = False
     dax_pmd_forgets_rss: bool = False
     fork_pte_skips_ref: bool = False
+    fork_pte_skips_dup: bool = False
+    zap_small_forgets_rss: bool = False
     munmap_keeps_deposit: bool = False
     cow_forgets_old_rmap: bool = False
     exit_skips_zap: bool = False

@@ -207,6 +207,7 @@ def copy_pte_range(k: Kernel, dst: VMA, src: VMA, pmd_no: int) -> None:
     # child's old) updated once per table below.
     keep_exclusive = k.variant.cow_keeps_exclusive
     get = not k.variant.fork_pte_skips_ref
+    skips_dup = k.variant.fork_pte_skips_dup
     others = True
     if k.small_anon:
         others = _copy_small_anon_arrays(k, dst, stable, dtable, first, last, cow, keep_exclusive)
@@ -221,11 +222,12 @@ def copy_pte_range(k: Kernel, dst: VMA, src: VMA, pmd_no: int) -> None:
             and folio.pgmap is None
             and not (pinned and folio.maybe_dma_pinned())
         ):
-            if folio.anon_exclusive is not None and not keep_exclusive:
-                folio.anon_exclusive = NOT_EXCLUSIVE_ONE
-            folio.mapcount_small += 1
-            if get:
-                folio.refcount += 1
+            if not skips_dup:
+                if folio.anon_exclusive is not None and not keep_exclusive:
+                    folio.anon_exclusive = NOT_EXCLUSIVE_ONE
+                folio.mapcount_small += 1
+                if get:
+                    folio.refcount += 1
             small_slots.append(slot)
             small.append(folio)
             continue
@@ -264,6 +266,8 @@ def _copy_small_anon_arrays(
     if not n:
         return others
     mem = k.physmem
+    if k.variant.fork_pte_skips_dup:  # mutant: no folio_try_dup_anon_rmap_pte, no folio_get
+        keep_exclusive = True
     crowded = mem.small.mapcount[pfns] >= MAX_SMALL_MAPCOUNT
     if crowded.any():  # no room for one more mapcount in an int16: make them objects
         for slot in slots[crowded].tolist():
@@ -273,7 +277,8 @@ def _copy_small_anon_arrays(
         n = int(slots.shape[0])
         if not n:
             return others
-    mem.small.mapcount[pfns] += 1  # one entry per page in one mm: no repeated pfns
+    if not k.variant.fork_pte_skips_dup:
+        mem.small.mapcount[pfns] += 1  # one entry per page in one mm: no repeated pfns
     if not keep_exclusive:
         mem.state[pfns] &= CLEAR_SMALL_EXCLUSIVE
     if k.touched_small is not None:

@@ -80,7 +80,8 @@ def zap_small_tables(
         mapcount[pfns] = after
         gone = pfns[after == 0]
     n = int(pfns.shape[0])
-    vma.mm.rss[MM_ANONPAGES] -= n
+    if not k.variant.zap_small_forgets_rss:
+        vma.mm.rss[MM_ANONPAGES] -= n
     if gone.shape[0]:
         k.vmstat.mod("nr_anon_pages", -int(gone.shape[0]))
         puts, refs = batch
@@ -111,7 +112,9 @@ def copy_small_tables(
     counts = mem.small.mapcount[span[0] : span[1]] if span is not None else mem.small.mapcount[flat]
     if int(counts.max()) >= MAX_SMALL_MAPCOUNT:
         return False
-    if span is not None:
+    if k.variant.fork_pte_skips_dup:  # mutant: no folio_try_dup_anon_rmap_pte, no folio_get
+        pass
+    elif span is not None:
         mem.small.mapcount[span[0] : span[1]] += 1
         if not keep_exclusive:
             mem.state[span[0] : span[1]] &= CLEAR_SMALL_EXCLUSIVE

@@ -255,7 +255,8 @@ def zap_pte_range(
     if queued < gone.shape[0]:
         _queue_gone(puts, refs, gone, gone_slots, queued, last)
     if small:
-        rss[MM_ANONPAGES] -= small
+        if not variant.zap_small_forgets_rss:
+            rss[MM_ANONPAGES] -= small
         if unmapped:
             k.vmstat.mod("nr_anon_pages", -unmapped)
     if not keep_anon:
