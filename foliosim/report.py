@@ -46,7 +46,7 @@ def observe(run: Run) -> dict[str, Any]:
         row[f"{name}.rss.file"] = task.mm.rss[0]
         row[f"{name}.rss.shmem"] = task.mm.rss[3]
         for var, addr in run.names.items():
-            m = k.lookup(task.mm, addr)
+            m = k.lookup(task.mm, addr, peek=True)
             if m is None or m.special:
                 continue
             row[f"folio({name},{var}).refcount"] = m.folio.refcount

@@ -185,7 +185,7 @@ def probe(run: Run, task_name: str, name: str) -> dict[str, Any]:
     if task is None or task.exited or addr is None:
         return values
     values["rss.file"] = task.mm.rss[0]
-    m = k.lookup(task.mm, addr)
+    m = k.lookup(task.mm, addr, peek=True)
     if m is None or m.special:
         return values
     folio, page = resolve(k, m.folio, m.page)

@@ -302,7 +302,7 @@ def ptdump_lines(k: Kernel, task: Task) -> list[str]:
                 continue
             table = pgt.pte_tables[pmd_no]
             lines.append(f"   └─ PMD {paddr:#014x} -> PTE table ({table.present} present)")
-            for slot, nr, folio, page, special in table.runs():
+            for slot, nr, folio, page, special in table.runs(peek=True):
                 a = paddr + (slot << k.page_shift)
                 what = "zero page" if folio.zero else f"pfn {folio.pfn + page:#x}"
                 kind = " special" if special else ""

@@ -100,6 +100,7 @@ class Kernel:
         # Pages held as arrays whose counters a fast path changed, while an incremental
         # checker listens (it installs a list; see ``touched``).
         self.touched_small: list[np.ndarray[Any, Any]] | None = None
+        self.physmem.index_of_unplaced = self._small_anon_index
 
     # ---- tracing ---------------------------------------------------------------------------
     def enter(self, function: str) -> None:
@@ -256,6 +257,16 @@ class Kernel:
         if not folio.anon and folio.pgmap is None and isinstance(folio.mapping, BackingFile):
             return file_mappings_of(self.live_mms(), folio, geo.pmd_shift, geo.page_shift)
         return mappings_of(self.live_mms(), folio, geo.pmd_shift, geo.pud_shift, geo.page_shift)
+
+    def _small_anon_index(self, pfn: int) -> int:
+        """The folio index of a page held as arrays found by pfn alone: from the first
+        entry that maps it (what the kernel stored in folio->index when it was faulted)."""
+        for mm in self.live_mms():
+            for table in mm.pgtables.pte_tables.values():
+                slots = np.flatnonzero(table.pfn == pfn)
+                if slots.size:
+                    return self.physmem._index_at(pfn, table, int(slots[0]))
+        return 0
 
     def lookup(self, mm: MM, addr: int, peek: bool = False) -> Mapping | None:
         """What maps addr in mm (walk.lookup); ``peek`` for readers that change nothing."""

@@ -163,13 +163,20 @@ class PteTable:
         pfn = int(self.pfn[i])
         return None if pfn < 0 else self.mem.page_folio(pfn, self, i)
 
-    def entry(self, i: int) -> tuple[Folio, int] | None:
-        """(folio, page index inside it) of the entry in slot i, or None."""
+    def entry(self, i: int, peek: bool = False) -> tuple[Folio, int] | None:
+        """(folio, page index inside it) of the entry in slot i, or None. ``peek``: for a
+        reader that changes nothing, a page held as arrays is given as a read-only view."""
         pfn = int(self.pfn[i])
         if pfn < 0:
             return None
-        folio = self.mem.page_folio(pfn, self, i)
+        folio = self._folio(pfn, i, peek)
         return folio, pfn - folio.pfn
+
+    def _folio(self, pfn: int, slot: int, peek: bool) -> Folio:
+        mem = self.mem
+        if peek and mem.is_small_anon(pfn):
+            return mem.small_view(pfn, mem._index_at(pfn, self, slot))
+        return mem.page_folio(pfn, self, slot)
 
     def present_mask(self, lo: int = 0, hi: int | None = None) -> np.ndarray[Any, Any]:
         return self.pfn[lo:hi] >= 0
@@ -241,13 +248,18 @@ class PteTable:
         return slots + first, pfns[mask], slots.shape[0] < present.shape[0]
 
     def runs(
-        self, first: int = 0, last: int | None = None, skip_small: bool = False
+        self,
+        first: int = 0,
+        last: int | None = None,
+        skip_small: bool = False,
+        peek: bool = False,
     ) -> list[tuple[int, int, Folio, int, bool]]:
         """Runs of present entries in [first, last): consecutive slots mapping consecutive
         pages of one folio with the same special bit, as folio_pte_batch() groups them.
         Each run is (first slot, length, folio, first page index, special). Pages held as
         arrays become Folio objects here, unless ``skip_small`` leaves them out (for callers
-        that handle them with small_anon_slots, or look only for other folios)."""
+        that handle them with small_anon_slots, or look only for other folios) or ``peek``
+        gives read-only views of them (for readers that change nothing)."""
         end = self.pfn.shape[0] if last is None else last
         window = self.pfn[first:end]
         present = np.flatnonzero(window >= 0)
@@ -266,6 +278,8 @@ class PteTable:
         starts = np.flatnonzero(brk)
         lengths = np.diff(np.append(starts, present.size)).tolist()
         page_folio = self.mem.page_folio
+        if peek and self.mem.small.live:
+            page_folio = self._peek_folio  # type: ignore[assignment]
         out: list[tuple[int, int, Folio, int, bool]] = []
         for slot, nr, pfn, spec in zip(
             (present[starts] + first).tolist(),
@@ -287,6 +301,9 @@ class PteTable:
                 pfn += take
                 nr -= take
         return out
+
+    def _peek_folio(self, pfn: int, table: PteTable, slot: int) -> Folio:
+        return self._folio(pfn, slot, True)
 
     def clear_range(self, start: int, end: int) -> None:
         self.bump(start, end)

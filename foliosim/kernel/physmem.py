@@ -497,13 +497,16 @@ class PhysMem:
         return folio
 
     def lookup(self, pfn: int) -> Folio | None:
-        """page_folio(pfn_to_page(pfn)) for an allocated page, else None."""
+        """page_folio(pfn_to_page(pfn)) for an allocated page, else None; read-only: a page
+        held as arrays is given as a view (/proc/kpage*, queries by pfn)."""
         for region_start, region_end, pgmap in self.device_regions:
             if region_start <= pfn < region_end:
                 return pgmap.folio_of(pfn)
         if 0 <= pfn < self.ram_pages:
             state = self._state[pfn]
-            if state & (PAGE_OBJECT | PAGE_SMALL_ANON):
+            if state & PAGE_SMALL_ANON:
+                return self.small_view(pfn, self._index_at(pfn, None, 0))
+            if state & PAGE_OBJECT:
                 return self.page_folio(pfn)
         return None
 

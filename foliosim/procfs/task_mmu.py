@@ -318,7 +318,7 @@ def smap_gather_stats(k: Kernel, vma: VMA) -> MemSizeStats:
         hi = min(vma.end, base + geo.pmd_size)
         first = (lo - base) >> k.page_shift
         last = (hi - base) >> k.page_shift
-        for slot, nr, folio, page, special in table.runs(first, last):
+        for slot, nr, folio, page, special in table.runs(first, last, peek=True):
             if special or folio.zero:
                 continue
             bits = table.bits[slot : slot + nr]
@@ -501,7 +501,7 @@ def pagemap_entries(k: Kernel, task: Task, start: int, end: int) -> np.ndarray:
             for i in range(count):
                 slot = first_slot + i
                 bits = int(table.bits[slot])
-                entry = table.entry(slot)
+                entry = table.entry(slot, peek=True)
                 if entry is None:
                     if bits & PTE_MARKER_GUARD:
                         out[idx0 + i] = PM_SWAP | PM_GUARD_REGION
