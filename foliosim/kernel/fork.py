@@ -24,7 +24,7 @@ from foliosim.kernel.pgtable import (
     PteTable,
 )
 from foliosim.kernel.physmem import NOT_EXCLUSIVE_ONE, Folio
-from foliosim.kernel.pte_batch import MIN_BLOCK, copy_small_tables, full_small_rows
+from foliosim.kernel.pte_batch import copy_small_tables, table_blocks
 from foliosim.kernel.smallpages import CLEAR_SMALL_EXCLUSIVE, MAX_SMALL_MAPCOUNT
 
 if TYPE_CHECKING:
@@ -98,27 +98,11 @@ def _copy_full_tables(k: Kernel, dst: VMA, src: VMA, full: list[int]) -> None:
     """copy_pte_range() for consecutive tables every slot of which maps a page, in order:
     runs of tables holding only pages held as arrays as blocks, the others one by one."""
     spt = src.mm.pgtables.pte_tables
-    tables = [spt[n] for n in full]
-    rows = full_small_rows(k, tables) if len(full) >= MIN_BLOCK else None
-    block: list[tuple[int, PteTable]] = []
     keep_exclusive = k.variant.cow_keeps_exclusive
-    for i, pmd_no in enumerate(full):
-        if rows is not None and rows[i]:
-            block.append((pmd_no, tables[i]))
+    for group, as_block in table_blocks(k, [(n, spt[n]) for n in full]):
+        if as_block and copy_small_tables(k, dst, src, group, keep_exclusive):
             continue
-        if block:
-            _copy_block(k, dst, src, block, keep_exclusive)
-            block = []
-        copy_pte_range(k, dst, src, pmd_no)
-    if block:
-        _copy_block(k, dst, src, block, keep_exclusive)
-
-
-def _copy_block(
-    k: Kernel, dst: VMA, src: VMA, block: list[tuple[int, PteTable]], keep_exclusive: bool
-) -> None:
-    if len(block) < MIN_BLOCK or not copy_small_tables(k, dst, src, block, keep_exclusive):
-        for pmd_no, _ in block:
+        for pmd_no, _ in group:
             copy_pte_range(k, dst, src, pmd_no)
 
 

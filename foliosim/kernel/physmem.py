@@ -27,6 +27,7 @@ from foliosim.kernel.smallpages import (
     SMALL_WRITTEN,
     PfnStack,
     SmallAnonPages,
+    lazy_zeros,
 )
 
 if TYPE_CHECKING:
@@ -300,7 +301,7 @@ class PhysMem:
 
     Only allocated folios exist as objects; free RAM is a bump pointer plus free lists per
     order, so 64 GiB or 1 TiB of RAM costs nothing until it is used. ``state`` keeps one byte
-    per RAM pfn (allocated lazily by the OS: NumPy's zeros are calloc'd), so a page-table
+    per RAM pfn (backed lazily by the OS: smallpages.lazy_zeros), so a page-table
     entry can hold a pfn and page_folio() finds its folio without a search: the byte gives
     the order of the folio holding the page, and folios are naturally aligned.
     """
@@ -315,7 +316,7 @@ class PhysMem:
         self.folios: dict[int, Folio] = {}
         # One byte more than RAM, always PAGE_FREE: np.take(..., mode="clip") of any pfn past
         # RAM (device memory) lands there.
-        self.state: np.ndarray[Any, Any] = np.zeros(ram_pages + 1, dtype=np.uint8)
+        self.state = lazy_zeros(ram_pages + 1, np.uint8)
         self._state = memoryview(self.state)  # type: ignore[arg-type]  # one byte read or written without NumPy
         # Folios leaked by a bad free, by head pfn; and stand-ins for free pages that a
         # page-table entry still points at (a use-after-free the invariants report).

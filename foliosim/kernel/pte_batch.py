@@ -37,12 +37,30 @@ if TYPE_CHECKING:
 MIN_BLOCK = 2
 
 
-def full_small_rows(k: Kernel, tables: list[PteTable]) -> np.ndarray[Any, Any]:
-    """For tables whose every slot maps a page: which hold only pages held as arrays."""
-    pfns = np.stack([t.pfn for t in tables])
-    held = np.take(k.physmem.state, pfns, mode="clip") & PAGE_SMALL_ANON
-    mask: np.ndarray[Any, Any] = np.asarray(held.all(axis=1))
-    return mask
+def table_blocks(
+    k: Kernel, full: list[tuple[int, PteTable]]
+) -> list[tuple[list[tuple[int, PteTable]], bool]]:
+    """Consecutive tables every slot of which maps a page, cut into groups in order: each
+    run of at least MIN_BLOCK tables holding only pages held as arrays is a block (True),
+    the tables between them go one by one (False)."""
+    if len(full) < MIN_BLOCK:
+        return [(full, False)]
+    pfns = np.stack([t.pfn for _, t in full])
+    mask = np.take(k.physmem.state, pfns, mode="clip") & PAGE_SMALL_ANON
+    held: list[bool] = np.asarray(mask.all(axis=1)).tolist()
+    groups: list[tuple[list[tuple[int, PteTable]], bool]] = []
+    start = 0
+    for i in range(1, len(full) + 1):
+        if i < len(full) and held[i] == held[start]:
+            continue
+        run = full[start:i]
+        block = bool(held[start]) and len(run) >= MIN_BLOCK
+        if groups and not block and not groups[-1][1]:
+            groups[-1][0].extend(run)
+        else:
+            groups.append((run, block))
+        start = i
+    return groups
 
 
 def _span(pfns: np.ndarray[Any, Any]) -> tuple[int, int] | None:

@@ -23,6 +23,7 @@ fork copies vm_pgoff and mremap moves pages through page_folio() at their old ad
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Callable
 from typing import Any
 
@@ -39,6 +40,15 @@ MAX_ANON_VMAS = 255
 # Mapcounts are int16 (two bytes a page): a page about to be mapped this many times becomes
 # a Folio object first (fork does that; nothing else adds mappings to pages held here).
 MAX_SMALL_MAPCOUNT = 32767
+
+
+def lazy_zeros(n: int, dtype: Any) -> np.ndarray[Any, Any]:
+    """A zero-filled array of n elements that costs memory only where it is written: an
+    anonymous mapping of its own, which the OS backs page by page on first touch (NumPy's
+    own zeros would do the same, but asks for transparent huge pages on large arrays, so a
+    sparse touch can cost 2 MiB and khugepaged may fill in more later)."""
+    size = max(n * np.dtype(dtype).itemsize, 1)
+    return np.frombuffer(mmap.mmap(-1, size), dtype=dtype, count=n)
 
 
 class PfnStack:
@@ -115,9 +125,9 @@ class SmallAnonPages:
     """The per-pfn arrays of pages held as arrays (see the module docstring)."""
 
     def __init__(self, ram_pages: int) -> None:
-        # calloc'd: the OS gives memory only to the parts a run touches.
-        self.mapcount: np.ndarray[Any, Any] = np.zeros(ram_pages, dtype=np.int16)
-        self.anon_vma: np.ndarray[Any, Any] = np.zeros(ram_pages, dtype=np.uint8)
+        # The OS gives memory only to the parts a run touches (lazy_zeros).
+        self.mapcount = lazy_zeros(ram_pages, np.int16)
+        self.anon_vma = lazy_zeros(ram_pages, np.uint8)
         self._mapcount = memoryview(self.mapcount)  # type: ignore[arg-type]
         self._anon_vma = memoryview(self.anon_vma)  # type: ignore[arg-type]
         self.anon_vmas: list[object | None] = [None]

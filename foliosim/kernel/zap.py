@@ -18,7 +18,7 @@ from foliosim.kernel import huge_memory, rmap
 from foliosim.kernel.mm import MM_ANONPAGES, mm_counter
 from foliosim.kernel.pgtable import PTE_DIRTY, PTE_MARKER_GUARD, PTE_YOUNG, PteTable
 from foliosim.kernel.physmem import Folio
-from foliosim.kernel.pte_batch import MIN_BLOCK, full_small_rows, zap_small_tables
+from foliosim.kernel.pte_batch import table_blocks, zap_small_tables
 
 if TYPE_CHECKING:
     from foliosim.kernel.kernel import Kernel
@@ -90,9 +90,7 @@ def unmap_page_range(
             full = []
         first = max(start - lo, 0) >> k.page_shift
         last = min(end - lo, geo.pmd_size) >> k.page_shift
-        zap_pte_range(k, vma, table, first, last, batch, drop_markers, keep_anon)
-        if drop_markers and table.all_none():
-            del pgt.pte_tables[pmd_no]
+        _zap_table(k, vma, pmd_no, table, first, last, batch, drop_markers, keep_anon)
     if full:
         _zap_full_tables(k, vma, full, batch, drop_markers)
     k.folios_put_refs(puts, refs)
@@ -107,36 +105,28 @@ def _zap_full_tables(
 ) -> None:
     """zap_pte_range() over consecutive tables every slot of which maps a page, in order:
     runs of tables holding only pages held as arrays as blocks, the others one by one."""
-    rows = full_small_rows(k, [t for _, t in full]) if len(full) >= MIN_BLOCK else None
-    block: list[tuple[int, PteTable]] = []
-    for i, (pmd_no, table) in enumerate(full):
-        if rows is not None and rows[i]:
-            block.append((pmd_no, table))
+    for group, as_block in table_blocks(k, full):
+        if as_block:
+            zap_small_tables(k, vma, group, batch, drop_markers)
             continue
-        if block:
-            _zap_block(k, vma, block, batch, drop_markers)
-            block = []
-        zap_pte_range(k, vma, table, 0, table.nr_slots, batch, drop_markers)
-        if drop_markers and table.all_none():
-            del vma.mm.pgtables.pte_tables[pmd_no]
-    if block:
-        _zap_block(k, vma, block, batch, drop_markers)
+        for pmd_no, table in group:
+            _zap_table(k, vma, pmd_no, table, 0, table.nr_slots, batch, drop_markers)
 
 
-def _zap_block(
+def _zap_table(
     k: Kernel,
     vma: VMA,
-    block: list[tuple[int, PteTable]],
+    pmd_no: int,
+    table: PteTable,
+    first: int,
+    last: int,
     batch: tuple[list[Folio | np.ndarray[Any, Any]], list[int]],
     drop_markers: bool,
+    keep_anon: bool = False,
 ) -> None:
-    if len(block) < MIN_BLOCK:
-        for pmd_no, table in block:
-            zap_pte_range(k, vma, table, 0, table.nr_slots, batch, drop_markers)
-            if drop_markers and table.all_none():
-                del vma.mm.pgtables.pte_tables[pmd_no]
-        return
-    zap_small_tables(k, vma, block, batch, drop_markers)
+    zap_pte_range(k, vma, table, first, last, batch, drop_markers, keep_anon)
+    if drop_markers and table.all_none():
+        del vma.mm.pgtables.pte_tables[pmd_no]
 
 
 _NONE: np.ndarray[Any, Any] = np.empty(0, dtype=np.int64)
