@@ -185,7 +185,7 @@ class Generator:
         name = st.fresh("m")
         t = self.task()
         if kind == "anon":
-            length = r.choice([4 * K, 64 * K, 2 * M, 4 * M, 8 * M, 2 * M + 64 * K])
+            length = r.choice([4 * K, 64 * K, 2 * M, 4 * M, 2 * M + 64 * K])
             st.regions.append(Region(name, "anon", length))
             extra = r.choice(["", "", " populate", " rw", " align=2M"])
             return f"{t}: {name} = mmap {size_text(length)} private anon{extra}"
