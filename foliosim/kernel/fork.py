@@ -99,8 +99,8 @@ def _copy_full_tables(k: Kernel, dst: VMA, src: VMA, full: list[int]) -> None:
     runs of tables holding only pages held as arrays as blocks, the others one by one."""
     spt = src.mm.pgtables.pte_tables
     keep_exclusive = k.variant.cow_keeps_exclusive
-    for group, as_block in table_blocks(k, [(n, spt[n]) for n in full]):
-        if as_block and copy_small_tables(k, dst, src, group, keep_exclusive):
+    for group, block in table_blocks(k, [(n, spt[n]) for n in full]):
+        if block is not None and copy_small_tables(k, dst, src, block, keep_exclusive):
             continue
         for pmd_no, _ in group:
             copy_pte_range(k, dst, src, pmd_no)

@@ -70,6 +70,7 @@ class PteTable:
 
     __slots__ = (
         "bits",
+        "block",
         "changed",
         "hi",
         "lo",
@@ -78,6 +79,7 @@ class PteTable:
         "pfn",
         "pmd_no",
         "present",
+        "row",
         "version",
     )
 
@@ -102,6 +104,10 @@ class PteTable:
         self.pfn: np.ndarray[Any, Any] = np.full(n, NO_PAGE, dtype=np.int64)
         self.bits: np.ndarray[Any, Any] = np.zeros(n, dtype=np.uint8)
         self.present = 0
+        # Tables made together (kernel/pte_batch.py) keep their arrays as rows ``row`` of
+        # one pair of 2-D arrays, ``block`` = (pfns, bits), so they can be read as one.
+        self.block: tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]] | None = None
+        self.row = -1
 
     @classmethod
     def from_arrays(
@@ -113,9 +119,11 @@ class PteTable:
         pfn: np.ndarray[Any, Any],
         bits: np.ndarray[Any, Any],
         present: int,
+        block: tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]] | None = None,
+        row: int = -1,
     ) -> PteTable:
-        """A table over arrays already filled in (a row of a block of tables made at once:
-        kernel/pte_batch.py), noted as changed in every slot."""
+        """A table over arrays already filled in (row ``row`` of ``block``, tables made at
+        once: kernel/pte_batch.py), noted as changed in every slot."""
         table = cls.__new__(cls)
         table.pmd_no = pmd_no
         table.mem = mem
@@ -126,6 +134,8 @@ class PteTable:
         table.pfn = pfn
         table.bits = bits
         table.present = present
+        table.block = block
+        table.row = row
         table.bump()
         return table
 

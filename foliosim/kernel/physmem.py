@@ -560,7 +560,11 @@ class PhysMem:
         n = int(pfns.shape[0])
         if not n:
             return
-        self.state[pfns] = PAGE_FREE  # (mapcount is 0; the anon_vma byte is set at allocation)
+        lo, hi = int(pfns.min()), int(pfns.max()) + 1
+        if hi - lo == n:  # distinct pfns filling a range (a freed block): one slice
+            self.state[lo:hi] = PAGE_FREE
+        else:
+            self.state[pfns] = PAGE_FREE  # (mapcount is 0; the anon_vma byte is set anew)
         self.used_pages -= n
         self.small.live -= n
         self._free[0].extend(pfns)

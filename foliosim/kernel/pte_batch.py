@@ -16,6 +16,7 @@ out for a fresh range — the per-page counters are updated through one slice.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -37,28 +38,63 @@ if TYPE_CHECKING:
 MIN_BLOCK = 2
 
 
-def table_blocks(
-    k: Kernel, full: list[tuple[int, PteTable]]
-) -> list[tuple[list[tuple[int, PteTable]], bool]]:
+@dataclass(slots=True)
+class Block:
+    """A run of whole tables holding only pages held as arrays, with their pfns and bits as
+    2-D arrays (one row a table): views of the tables' own storage (``shared``) when the
+    tables were made together in this order, else copies (bits then None)."""
+
+    tables: list[tuple[int, PteTable]]
+    pfns: np.ndarray[Any, Any]
+    bits: np.ndarray[Any, Any] | None
+    shared: bool
+
+
+Group = tuple[list[tuple[int, PteTable]], Block | None]
+
+
+def _rows_view(
+    tables: list[PteTable],
+) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]] | None:
+    """The tables' pfns and bits as 2-D views, when they are consecutive rows of one block
+    made together (fault_small_tables, copy_small_tables): no copy needed then."""
+    block = tables[0].block
+    if block is None:
+        return None
+    first = tables[0].row
+    for i, table in enumerate(tables):
+        if table.block is not block or table.row != first + i:
+            return None
+    last = first + len(tables)
+    return block[0][first:last], block[1][first:last]
+
+
+def table_blocks(k: Kernel, full: list[tuple[int, PteTable]]) -> list[Group]:
     """Consecutive tables every slot of which maps a page, cut into groups in order: each
-    run of at least MIN_BLOCK tables holding only pages held as arrays is a block (True),
-    the tables between them go one by one (False)."""
+    run of at least MIN_BLOCK tables holding only pages held as arrays is a Block; the
+    tables between blocks come with None and go one by one."""
     if len(full) < MIN_BLOCK:
-        return [(full, False)]
-    pfns = np.stack([t.pfn for _, t in full])
+        return [(full, None)]
+    view = _rows_view([t for _, t in full])
+    if view is not None:
+        pfns, bits = view
+    else:
+        pfns, bits = np.stack([t.pfn for _, t in full]), None
     mask = np.take(k.physmem.state, pfns, mode="clip") & PAGE_SMALL_ANON
     held: list[bool] = np.asarray(mask.all(axis=1)).tolist()
-    groups: list[tuple[list[tuple[int, PteTable]], bool]] = []
+    groups: list[Group] = []
     start = 0
     for i in range(1, len(full) + 1):
         if i < len(full) and held[i] == held[start]:
             continue
         run = full[start:i]
-        block = bool(held[start]) and len(run) >= MIN_BLOCK
-        if groups and not block and not groups[-1][1]:
+        if held[start] and len(run) >= MIN_BLOCK:
+            rows_bits = None if bits is None else bits[start:i]
+            groups.append((run, Block(run, pfns[start:i], rows_bits, view is not None)))
+        elif groups and groups[-1][1] is None:
             groups[-1][0].extend(run)
         else:
-            groups.append((run, block))
+            groups.append((run, None))
         start = i
     return groups
 
@@ -73,7 +109,7 @@ def _span(pfns: np.ndarray[Any, Any]) -> tuple[int, int] | None:
 def zap_small_tables(
     k: Kernel,
     vma: VMA,
-    block: list[tuple[int, PteTable]],
+    block: Block,
     batch: tuple[list[Folio | np.ndarray[Any, Any]], list[int]],
     drop_markers: bool,
 ) -> None:
@@ -81,7 +117,9 @@ def zap_small_tables(
     loses a mapcount (its reference with it), MM_ANONPAGES drops by the entries, the pages
     whose last mapping this was go into the mmu_gather ``batch`` in table and slot order,
     NR_ANON_MAPPED drops by them. munmap/exit free the tables; MADV_DONTNEED empties them."""
-    pfns = np.stack([t.pfn for _, t in block]).ravel()
+    pfns = block.pfns.ravel()
+    if block.shared and not drop_markers:
+        pfns = pfns.copy()  # the tables are cleared below; the batch keeps these
     mapcount = k.physmem.small.mapcount
     span = _span(pfns)
     if span is not None:
@@ -103,27 +141,25 @@ def zap_small_tables(
     if gone.shape[0]:
         k.vmstat.mod("nr_anon_pages", -int(gone.shape[0]))
         puts, refs = batch
-        puts.append(gone)
+        puts.append(gone)  # the free list takes it: nothing writes these arrays again
         refs.append(0)  # their references went with their mapcounts
     if k.touched_small is not None:
         k.touched_small.append(pfns)
     tables = vma.mm.pgtables.pte_tables
-    for pmd_no, table in block:
+    for pmd_no, table in block.tables:
         if drop_markers:  # full tables have no markers: nothing is left, the table goes
             del tables[pmd_no]
         else:
             table.clear_range(0, table.nr_slots)
 
 
-def copy_small_tables(
-    k: Kernel, dst: VMA, src: VMA, block: list[tuple[int, PteTable]], keep_exclusive: bool
-) -> bool:
+def copy_small_tables(k: Kernel, dst: VMA, src: VMA, block: Block, keep_exclusive: bool) -> bool:
     """copy_pte_range() for whole tables of ``src`` holding only pages held as arrays, into
     a child that has no table there yet: every page gains a mapcount (and reference) and
     loses AnonExclusive, the child's MM_ANONPAGES grows, a COW mapping's entries lose the
     write bit on both sides, the child's entries are old. False, with nothing done, when a
     page has no room for another mapcount (the per-table path makes it an object)."""
-    pfns = np.stack([t.pfn for _, t in block])
+    pfns = block.pfns.copy() if block.shared else block.pfns  # the child's own entries
     flat = pfns.ravel()
     mem = k.physmem
     span = _span(flat)
@@ -140,18 +176,24 @@ def copy_small_tables(
         mem.small.mapcount[flat] += 1
         if not keep_exclusive:
             mem.state[flat] &= CLEAR_SMALL_EXCLUSIVE
+    parent_bits = block.bits
     if src.is_cow_mapping:
-        for _, table in block:
-            table.bits &= CLEAR_WRITE
-    bits = np.stack([t.bits for _, t in block])
-    bits &= CLEAR_YOUNG
+        if parent_bits is not None:
+            parent_bits &= CLEAR_WRITE  # the parent tables' own rows, in one operation
+        else:
+            for _, table in block.tables:
+                table.bits &= CLEAR_WRITE
+    if parent_bits is None:
+        parent_bits = np.stack([t.bits for _, t in block.tables])
+    bits = parent_bits & CLEAR_YOUNG
     if k.touched_small is not None:
         k.touched_small.append(flat)
     dpgt = dst.mm.pgtables
     nr = pfns.shape[1]
-    for i, (pmd_no, _) in enumerate(block):
+    rows = (pfns, bits)
+    for i, (pmd_no, _) in enumerate(block.tables):
         dpgt.pte_tables[pmd_no] = PteTable.from_arrays(
-            mem, dpgt.changed, pmd_no, dpgt.mm, pfns[i], bits[i], nr
+            mem, dpgt.changed, pmd_no, dpgt.mm, pfns[i], bits[i], nr, rows, i
         )
     dst.mm.rss[MM_ANONPAGES] += int(flat.shape[0])
     return True
@@ -185,12 +227,13 @@ def fault_small_tables(k: Kernel, vma: VMA, first_pmd: int, count: int, written:
         dtype=np.uint8,
     )
     rows = pfns.reshape(count, nr)
+    block = (rows, bits)
     pgt = vma.mm.pgtables
     for i in range(count):
         k.enter("do_anonymous_page")  # once per table, as the per-table path
         pmd_no = first_pmd + i
         pgt.pte_tables[pmd_no] = PteTable.from_arrays(
-            mem, pgt.changed, pmd_no, pgt.mm, rows[i], bits[i], nr
+            mem, pgt.changed, pmd_no, pgt.mm, rows[i], bits[i], nr, block, i
         )
     if k.touched_small is not None:
         k.touched_small.append(pfns)

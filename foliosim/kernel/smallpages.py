@@ -78,7 +78,8 @@ class PfnStack:
         if len(pfns) == 0:
             return
         if isinstance(pfns, np.ndarray):
-            self._segs.append(pfns.astype(np.int64, copy=True))
+            # Taken as it is: callers hand over arrays nothing writes again (a freed batch).
+            self._segs.append(pfns)
         elif self._segs and type(self._segs[-1]) is list:
             self._segs[-1].extend(pfns)
         else:

@@ -105,9 +105,9 @@ def _zap_full_tables(
 ) -> None:
     """zap_pte_range() over consecutive tables every slot of which maps a page, in order:
     runs of tables holding only pages held as arrays as blocks, the others one by one."""
-    for group, as_block in table_blocks(k, full):
-        if as_block:
-            zap_small_tables(k, vma, group, batch, drop_markers)
+    for group, block in table_blocks(k, full):
+        if block is not None:
+            zap_small_tables(k, vma, block, batch, drop_markers)
             continue
         for pmd_no, table in group:
             _zap_table(k, vma, pmd_no, table, 0, table.nr_slots, batch, drop_markers)
