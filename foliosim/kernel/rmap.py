@@ -31,6 +31,11 @@ class Level(IntEnum):
     PUD = 2
 
 
+# Module constants: reading an enum member through its class costs a descriptor call, and
+# these are read on every rmap add and remove.
+LEVEL_PTE, LEVEL_PMD, LEVEL_PUD = Level.PTE, Level.PMD, Level.PUD
+
+
 def _sanity_checks(k: Kernel, folio: Folio, nr_pages: int, level: Level, site: str) -> bool:
     """__folio_rmap_sanity_checks() (include/linux/rmap.h, 7.1.8).
 
@@ -44,16 +49,16 @@ def _sanity_checks(k: Kernel, folio: Folio, nr_pages: int, level: Level, site: s
     if folio.zero:
         k.reports.vm_warn(site, "rmap of the zero folio: never touch ref+mapcount of zeropages")
         ok = False
-    if level == Level.PTE and not 1 <= nr_pages <= folio.nr_pages:
+    if level == LEVEL_PTE and not 1 <= nr_pages <= folio.nr_pages:
         k.reports.vm_warn(site, f"bad nr_pages {nr_pages} for a PTE rmap")
         ok = False
-    if level == Level.PMD and (folio.nr_pages != k.config.pmd_nr or nr_pages != k.config.pmd_nr):
+    if level == LEVEL_PMD and (folio.nr_pages != k.config.pmd_nr or nr_pages != k.config.pmd_nr):
         k.reports.warn(
             site,
             f"PMD rmap of a folio of {folio.nr_pages} pages (needs HPAGE_PMD_NR={k.config.pmd_nr})",
         )
         ok = False
-    if level == Level.PUD and (folio.nr_pages != k.config.pud_nr or nr_pages != k.config.pud_nr):
+    if level == LEVEL_PUD and (folio.nr_pages != k.config.pud_nr or nr_pages != k.config.pud_nr):
         # VM_WARN_ON_FOLIO in the kernel; always recorded here because the model cannot map
         # a wrongly sized folio with one entry.
         k.reports.warn(
@@ -172,7 +177,7 @@ def __folio_add_rmap(
     nr = 0
     nr_pmdmapped = 0
     variant = k.variant
-    if level == Level.PTE:
+    if level == LEVEL_PTE:
         if not folio.large:
             folio.mapcount_small += 1
             nr = 1 if folio.mapcount_small == 1 else 0
@@ -190,12 +195,12 @@ def __folio_add_rmap(
                     nr = first
             folio_add_return_large_mapcount(folio, nr_pages, vma)
     else:
-        if variant.pud_rmap_as_pages and level == Level.PUD:
+        if variant.pud_rmap_as_pages and level == LEVEL_PUD:
             # Mutant: a PUD rmap that bumps every page's mapcount as PTEs would.
             folio.mapcounts_array()[:] += 1
         folio.entire_mapcount += 1
         first = folio.entire_mapcount == 1
-        counts_pmd = level == Level.PMD or (level == Level.PUD and variant.pud_counts_pmdmapped)
+        counts_pmd = level == LEVEL_PMD or (level == LEVEL_PUD and variant.pud_counts_pmdmapped)
         if not k.config.page_mapcount:
             if counts_pmd and first:
                 nr_pmdmapped = folio.nr_pages
@@ -229,7 +234,7 @@ def __folio_remove_rmap(
     nr_pmdmapped = 0
     partially_mapped = False
     variant = k.variant
-    if level == Level.PTE:
+    if level == LEVEL_PTE:
         if not folio.large:
             folio.mapcount_small -= 1
             nr = 1 if folio.mapcount_small == 0 else 0
@@ -255,9 +260,9 @@ def __folio_remove_rmap(
             if not folio.nr_pages_mapped_raw & FOLIO_PAGES_MAPPED:
                 folio.release_page_state()  # no page counted as PTE-mapped: maybe nothing left
     else:
-        if variant.pud_rmap_as_pages and level == Level.PUD:
+        if variant.pud_rmap_as_pages and level == LEVEL_PUD:
             folio.mapcounts_array()[:] -= 1
-        counts_pmd = level == Level.PMD or (level == Level.PUD and variant.pud_counts_pmdmapped)
+        counts_pmd = level == LEVEL_PMD or (level == LEVEL_PUD and variant.pud_counts_pmdmapped)
         if not k.config.page_mapcount:
             folio.entire_mapcount -= 1
             last = folio.entire_mapcount == 0
@@ -312,7 +317,7 @@ def folio_add_file_rmap_ptes(k: Kernel, folio: Folio, page: int, nr: int, vma: V
     """folio_add_file_rmap_ptes() -> __folio_add_file_rmap (WARN if anon), 7.1.8."""
     if folio.anon:
         k.reports.vm_warn("__folio_add_file_rmap", "file rmap of an anon folio")
-    __folio_add_rmap(k, folio, page, nr, vma, Level.PTE)
+    __folio_add_rmap(k, folio, page, nr, vma, LEVEL_PTE)
 
 
 def folio_add_file_rmap_pmd(k: Kernel, folio: Folio, vma: VMA) -> None:
@@ -320,7 +325,7 @@ def folio_add_file_rmap_pmd(k: Kernel, folio: Folio, vma: VMA) -> None:
     if not k.config.enabled("TRANSPARENT_HUGEPAGE"):
         k.reports.warn("folio_add_file_rmap_pmd", "called without THP", once=True)
         return
-    __folio_add_rmap(k, folio, 0, k.config.pmd_nr, vma, Level.PMD)
+    __folio_add_rmap(k, folio, 0, k.config.pmd_nr, vma, LEVEL_PMD)
 
 
 def folio_add_file_rmap_pud(k: Kernel, folio: Folio, vma: VMA) -> bool:
@@ -332,17 +337,17 @@ def folio_add_file_rmap_pud(k: Kernel, folio: Folio, vma: VMA) -> bool:
     if not k.config.thp_pud:
         k.reports.warn("folio_add_file_rmap_pud", "PUD rmap without PUD THP", once=True)
         return False
-    return __folio_add_rmap(k, folio, 0, k.config.pud_nr, vma, Level.PUD)
+    return __folio_add_rmap(k, folio, 0, k.config.pud_nr, vma, LEVEL_PUD)
 
 
 def folio_remove_rmap_ptes(k: Kernel, folio: Folio, page: int, nr: int, vma: VMA) -> None:
     """folio_remove_rmap_ptes() (mm/rmap.c, 7.1.8)."""
-    __folio_remove_rmap(k, folio, page, nr, vma, Level.PTE)
+    __folio_remove_rmap(k, folio, page, nr, vma, LEVEL_PTE)
 
 
 def folio_remove_rmap_pmd(k: Kernel, folio: Folio, vma: VMA) -> None:
     """folio_remove_rmap_pmd() (mm/rmap.c, 7.1.8)."""
-    __folio_remove_rmap(k, folio, 0, k.config.pmd_nr, vma, Level.PMD)
+    __folio_remove_rmap(k, folio, 0, k.config.pmd_nr, vma, LEVEL_PMD)
 
 
 def folio_remove_rmap_pud(k: Kernel, folio: Folio, vma: VMA) -> None:
@@ -350,7 +355,7 @@ def folio_remove_rmap_pud(k: Kernel, folio: Folio, vma: VMA) -> None:
     if not k.config.thp_pud:
         k.reports.warn("folio_remove_rmap_pud", "PUD rmap without PUD THP", once=True)
         return
-    __folio_remove_rmap(k, folio, 0, k.config.pud_nr, vma, Level.PUD)
+    __folio_remove_rmap(k, folio, 0, k.config.pud_nr, vma, LEVEL_PUD)
 
 
 # ---- anon wrappers ---------------------------------------------------------------------
@@ -393,14 +398,14 @@ def folio_add_anon_rmap_ptes(
     k: Kernel, folio: Folio, page: int, nr: int, vma: VMA, exclusive: bool
 ) -> None:
     """folio_add_anon_rmap_ptes() (mm/rmap.c, 7.1.8): RMAP_EXCLUSIVE sets each page's bit."""
-    __folio_add_rmap(k, folio, page, nr, vma, Level.PTE)
+    __folio_add_rmap(k, folio, page, nr, vma, LEVEL_PTE)
     if exclusive:
         folio.set_exclusive(True, page, nr)
 
 
 def folio_add_anon_rmap_pmd(k: Kernel, folio: Folio, vma: VMA, exclusive: bool) -> None:
     """folio_add_anon_rmap_pmd() (mm/rmap.c, 7.1.8): RMAP_EXCLUSIVE marks the head page only."""
-    __folio_add_rmap(k, folio, 0, k.config.pmd_nr, vma, Level.PMD)
+    __folio_add_rmap(k, folio, 0, k.config.pmd_nr, vma, LEVEL_PMD)
     if exclusive:
         folio.set_exclusive(True)
 
@@ -408,7 +413,7 @@ def folio_add_anon_rmap_pmd(k: Kernel, folio: Folio, vma: VMA, exclusive: bool) 
 def folio_add_anon_rmap_pud(k: Kernel, folio: Folio, vma: VMA) -> None:
     """The anon PUD case of __folio_add_anon_rmap (mm/rmap.c, 7.1.8 and seed): no anonymous
     PUD THP exists, so the kernel WARNs ("keep the compiler happy") after the counters moved."""
-    __folio_add_rmap(k, folio, 0, k.config.pud_nr, vma, Level.PUD)
+    __folio_add_rmap(k, folio, 0, k.config.pud_nr, vma, LEVEL_PUD)
     k.reports.warn("__folio_add_anon_rmap", "anonymous PUD mappings are not supported", once=True)
 
 
