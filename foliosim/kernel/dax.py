@@ -49,6 +49,8 @@ class DevPagemap:
     page_shift: int
     folios: dict[int, Folio] = field(default_factory=dict)
     orders: set[int] = field(default_factory=set)
+    # ``orders`` largest first, kept by _new_folio (read on every device page lookup).
+    orders_desc: tuple[int, ...] = ()
 
     def _new_folio(self, head: int, order: int) -> Folio:
         folio = Folio(head, order, kind="devdax" if self.type == "generic" else "fsdax")
@@ -56,12 +58,14 @@ class DevPagemap:
         folio.reserved = True
         folio.refcount = self.idle_refcount
         self.folios[head] = folio
-        self.orders.add(order)
+        if order not in self.orders:
+            self.orders.add(order)
+            self.orders_desc = tuple(sorted(self.orders, reverse=True))
         return folio
 
     def folio_of(self, pfn: int) -> Folio:
         """pfn_folio(): the folio containing pfn, created idle on first use."""
-        for order in sorted(self.orders, reverse=True):
+        for order in self.orders_desc:
             head = self.start_pfn + ((pfn - self.start_pfn) & ~((1 << order) - 1))
             folio = self.folios.get(head)
             if folio is not None and folio.contains(pfn):

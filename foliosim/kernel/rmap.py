@@ -34,6 +34,9 @@ class Level(IntEnum):
 # Module constants: reading an enum member through its class costs a descriptor call, and
 # these are read on every rmap add and remove.
 LEVEL_PTE, LEVEL_PMD, LEVEL_PUD = Level.PTE, Level.PMD, Level.PUD
+# Report sites, made once rather than formatted on every call.
+_ADD_SITES = {level: f"__folio_add_rmap+{level.name.lower()}" for level in Level}
+_REMOVE_SITES = {level: f"__folio_remove_rmap+{level.name.lower()}" for level in Level}
 
 
 def _sanity_checks(k: Kernel, folio: Folio, nr_pages: int, level: Level, site: str) -> bool:
@@ -171,7 +174,7 @@ def __folio_add_rmap(
     ENTIRELY_MAPPED and accounts the pages not yet PTE-mapped. Only PMD mappings of
     PMD-sized folios feed NR_*_PMDMAPPED/NR_ANON_THPS (the seed variant also fed PUD ones).
     """
-    site = f"__folio_add_rmap+{level.name.lower()}"
+    site = _ADD_SITES[level]
     if not _sanity_checks(k, folio, nr_pages, level, site):
         return False
     nr = 0
@@ -227,7 +230,7 @@ def __folio_remove_rmap(
     The mirror of __folio_add_rmap; a large anon folio that is left partially mapped is
     queued for deferred split (deferred_split_folio(folio, true)) unless already marked.
     """
-    site = f"__folio_remove_rmap+{level.name.lower()}"
+    site = _REMOVE_SITES[level]
     if not _sanity_checks(k, folio, nr_pages, level, site):
         return
     nr = 0
