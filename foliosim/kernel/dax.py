@@ -63,13 +63,20 @@ class DevPagemap:
             self.orders_desc = tuple(sorted(self.orders, reverse=True))
         return folio
 
-    def folio_of(self, pfn: int) -> Folio:
-        """pfn_folio(): the folio containing pfn, created idle on first use."""
+    def folio_containing(self, pfn: int) -> Folio | None:
+        """The folio that holds pfn now, if one was made."""
         for order in self.orders_desc:
             head = self.start_pfn + ((pfn - self.start_pfn) & ~((1 << order) - 1))
             folio = self.folios.get(head)
             if folio is not None and folio.contains(pfn):
                 return folio
+        return None
+
+    def folio_of(self, pfn: int) -> Folio:
+        """pfn_folio(): the folio containing pfn, created idle on first use."""
+        folio = self.folio_containing(pfn)
+        if folio is not None:
+            return folio
         order = self.vmemmap_shift
         head = self.start_pfn + ((pfn - self.start_pfn) & ~((1 << order) - 1))
         return self._new_folio(head, order)

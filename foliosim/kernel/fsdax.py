@@ -128,8 +128,13 @@ class FsdaxFile(BackingFile):
             order = 0  # before the series fs-dax pages were never compound
         folio = pgmap.folios.get(head_pfn)
         if folio is None or folio.order != order:
-            for pfn in range(head_pfn, head_pfn + (1 << order)):
-                old = pgmap.folios.pop(pfn, None)
+            # The pages' old folios go: those inside the range, and a larger one around it
+            # (page-table entries hold pfns, so no stale folio may still cover them).
+            olds = [pgmap.folios.pop(pfn, None) for pfn in range(head_pfn, head_pfn + (1 << order))]
+            around = pgmap.folio_containing(head_pfn)
+            if around is not None:
+                olds.append(pgmap.folios.pop(around.pfn, None))
+            for old in olds:
                 if old is not None and old.refcount != pgmap.idle_refcount:
                     k.reports.warn("dax_folio_init", "folio still referenced", once=True)
             folio = pgmap._new_folio(head_pfn, order)
@@ -229,14 +234,14 @@ class FsdaxFile(BackingFile):
         return busy
 
     def delete_range(self, k: Kernel, first: int, last: int | None) -> None:
-        """dax_delete_mapping_range() + freeing blocks: entries go, folios are disassociated
-        and reset to order 0 (dax_folio_reset_order), blocks return to the filesystem."""
+        """After a layout break: dax_delete_mapping_range(mapping, 0, LLONG_MAX) from
+        dax_break_layout() (fs/dax.c, 7.1.8) deletes *every* entry of the file, each folio
+        disassociated and reset to order 0 (dax_folio_reset_order); then the punched or
+        truncated blocks [first, last) return to the filesystem (ext4 removes the extents).
+        An entry covering blocks outside the range goes too: its next fault maps it anew."""
         assert self.fs is not None
         pgmap = self.fs.pgmap
-        for head, (_order, pfn) in list(self.entries.items()):
-            if head < first or (last is not None and head >= last):
-                continue
-            del self.entries[head]
+        for _head, (_order, pfn) in list(self.entries.items()):
             if pfn == ZERO:
                 continue
             folio = pgmap.folios.get(pfn)
@@ -245,6 +250,7 @@ class FsdaxFile(BackingFile):
                     k.reports.warn("dax_folio_reset_order", "page still referenced", once=True)
                 pgmap.folios.pop(pfn, None)
                 folio.mapping = None
+        self.entries.clear()
         for index in [i for i in self.blocks if i >= first and (last is None or i < last)]:
             self.fs.free_blocks.append(self.blocks.pop(index))
 
