@@ -111,9 +111,9 @@ class FsdaxFile(BackingFile):
         if k.trace_log is not None:  # (no string built when not tracing)
             k.enter(f"dax_iomap_fault(order={order})")
         geo = k.geometry
-        pgoff = vma.linear_page_index(addr, k.page_shift)
-        if any(lo <= pgoff and (hi is None or pgoff < hi) for lo, hi, _ in self.pending):
-            return "SIGBUS"  # the kernel would block behind the layout break
+        # No check of pending layout breaks here: the breaker sleeps with the invalidate
+        # lock dropped (ext4_wait_dax_page), so a fault during the wait maps the blocks as
+        # usual, and the breaker unmaps them again on its next turn.
         if order == geo.pud_order:
             return "fallback"
         if order == geo.pmd_order:
@@ -254,15 +254,25 @@ class FsdaxFile(BackingFile):
         for index in [i for i in self.blocks if i >= first and (last is None or i < last)]:
             self.fs.free_blocks.append(self.blocks.pop(index))
 
-    def wake(self, k: Kernel, folio: Folio) -> None:
-        """A folio went idle: finish pending layout breaks that are no longer busy."""
+    def wake(self, k: Kernel) -> None:
+        """A page of the file went idle: each waiting layout break takes its next turn of the
+        dax_break_layout() loop (fs/dax.c, 7.1.8). dax_layout_busy_page_range() unmaps the
+        whole file again first (faults during the wait mapped pages anew), then looks for a
+        busy page; with none, every entry is deleted and the operation completes (a truncate
+        then drops private COW copies of the truncated part too: truncate_pagecache)."""
+        from foliosim.kernel.truncate import unmap_mapping_range
+
         for op in list(self.pending):
             first, last, new_size = op
-            if not self.busy_folios(k, 0, None):  # the whole file's layout was broken
-                self.pending.remove(op)
-                self.delete_range(k, first, last)
-                if new_size is not None:
-                    self.size = new_size
+            unmap_mapping_range(k, self, 0, None, even_cows=False)
+            if self.busy_folios(k, 0, None):
+                continue  # the loop waits on the next busy page
+            if new_size is not None:
+                unmap_mapping_range(k, self, first, last, even_cows=True)
+            self.pending.remove(op)
+            self.delete_range(k, first, last)
+            if new_size is not None:
+                self.size = new_size
         if not self.pending and self in k.dax_waiters:
             k.dax_waiters.remove(self)
 

@@ -92,6 +92,7 @@ class Kernel:
         self.ownership = Ownership(self)
         self._device_pfn = _round_up(self.physmem.ram_pages, 1 << geo.pud_order)
         self.dax_waiters: list[object] = []
+        self.dax_woken = False  # a page went idle since the waiters last looked
         # Batched order-0 anonymous faults keep their pages as arrays (smallpages.py), except
         # under mutants whose broken zap or fork those array paths cannot express.
         self.small_anon = config.small_pages == "arrays" and not (
@@ -158,6 +159,11 @@ class Kernel:
                 folio.pgmap.free_zone_device_folio(self, folio)
             else:
                 self._free_folio(folio)
+        elif folio.refcount == 1 and folio.kind == "fsdax" and folio.pgmap is not None:
+            if folio.pgmap.idle_refcount == 1:
+                # Before the series fs-dax pages idle at 1: __put_devmap_managed_page_refs()
+                # (mm/memremap.c, 6.1) wakes the layout-break waiters when a put reaches 1.
+                self.dax_wakeup(folio)
 
     def folios_put_refs(self, folios: list[Folio | np.ndarray[Any, Any]], refs: list[int]) -> None:
         """folios_put_refs() (mm/swap.c, 7.1.8): drop refs[i] references of folios[i], in
@@ -238,9 +244,20 @@ class Kernel:
         return start
 
     def dax_wakeup(self, folio: Folio) -> None:
-        """wake_up_var() from free_zone_device_folio(): let waiting layout breaks finish."""
+        """wake_up_var() from free_zone_device_folio(): a waiting layout break may go on.
+
+        The waiter is another task: it runs once the statement that made the page idle is
+        over (run_dax_waiters), not inside the put that woke it."""
+        if self.dax_waiters:
+            self.dax_woken = True
+
+    def run_dax_waiters(self) -> None:
+        """The woken layout breaks take their next turn (see FsdaxFile.wake)."""
+        if not self.dax_woken:
+            return
+        self.dax_woken = False
         for waiter in list(self.dax_waiters):
-            waiter.wake(self, folio)  # type: ignore[attr-defined]
+            waiter.wake(self)  # type: ignore[attr-defined]
 
     # ---- rmap walk -------------------------------------------------------------------------
     def live_mms(self) -> list[MM]:

@@ -274,6 +274,7 @@ def run_statement(run: Run, stmt: Stmt, result: StmtResult) -> None:
         except SyscallError as exc:
             task.errno = exc.errno
             result.output.append(f"{stmt.task}: {stmt.kind}: {exc.errno}")
+        k.run_dax_waiters()
         return
     if stmt.kind in ("unpin", "truncate", "punch", "shrink"):
         k.global_errno = None
@@ -282,6 +283,7 @@ def run_statement(run: Run, stmt: Stmt, result: StmtResult) -> None:
         except SyscallError as exc:
             k.global_errno = exc.errno
             result.output.append(f"{stmt.kind}: {exc.errno}")
+        k.run_dax_waiters()
         return
     if stmt.kind == "task":
         k.new_task(str(args["name"]))
