@@ -8,7 +8,7 @@ import json
 from rich.console import Console
 from rich.table import Table
 
-from foliosim.bench import Result, machine
+from foliosim.bench import REPEATS, Result, machine
 
 
 def _secs(value: float | None) -> str:
@@ -24,10 +24,16 @@ def _ratio(value: float | None) -> str:
 def render(results: list[Result], json_out: bool, console: Console) -> None:
     when = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
     if json_out:
-        payload = {"machine": machine(), "date": when, "results": [r.as_dict() for r in results]}
+        payload = {
+            "machine": machine(),
+            "date": when,
+            "repeats": REPEATS,
+            "results": [r.as_dict() for r in results],
+        }
         print(json.dumps(payload, indent=2))
         return
-    table = Table(title=f"foliosim bench — one run, {when}\n{machine()}")
+    title = f"foliosim bench — one run (anon, split, DAX rows: best of {REPEATS}), {when}"
+    table = Table(title=f"{title}\n{machine()}")
     table.add_column("workload")
     table.add_column("size")
     table.add_column("model", justify="right")
@@ -50,4 +56,6 @@ def render(results: list[Result], json_out: bool, console: Console) -> None:
             peak,
             r.note,
         )
+    if not console.is_terminal:  # piped or redirected: Rich would wrap at 80 columns
+        console = Console(highlight=False, width=180)
     console.print(table)
