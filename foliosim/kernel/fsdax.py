@@ -95,7 +95,8 @@ class FsdaxFile(BackingFile):
     blocks: dict[int, int] = field(default_factory=dict)  # page index -> pfn
     # head index -> (order, pfn or ZERO)
     entries: dict[int, tuple[int, int]] = field(default_factory=dict)
-    pending: list[tuple[int, int | None, int | None]] = field(default_factory=list)
+    # Layout breaks waiting for a page: (first, last, new size, the folio waited on).
+    pending: list[tuple[int, int | None, int | None, Folio]] = field(default_factory=list)
 
     def entry_at(self, index: int) -> tuple[int, int, int] | None:
         """The xarray entry covering index: (head index, order, pfn or ZERO)."""
@@ -225,7 +226,7 @@ class FsdaxFile(BackingFile):
         assert self.fs is not None
         idle = self.fs.pgmap.idle_refcount
         busy = []
-        for head, (order, pfn) in self.entries.items():
+        for head, (order, pfn) in sorted(self.entries.items()):  # the xarray's index order
             if pfn == ZERO or head + (1 << order) <= first or (last is not None and head >= last):
                 continue
             folio = self.fs.pgmap.folios.get(pfn)
@@ -254,22 +255,30 @@ class FsdaxFile(BackingFile):
         for index in [i for i in self.blocks if i >= first and (last is None or i < last)]:
             self.fs.free_blocks.append(self.blocks.pop(index))
 
-    def wake(self, k: Kernel) -> None:
-        """A page of the file went idle: each waiting layout break takes its next turn of the
-        dax_break_layout() loop (fs/dax.c, 7.1.8). dax_layout_busy_page_range() unmaps the
-        whole file again first (faults during the wait mapped pages anew), then looks for a
-        busy page; with none, every entry is deleted and the operation completes (a truncate
-        then drops private COW copies of the truncated part too: truncate_pagecache)."""
+    def wake(self, k: Kernel, idled: list[Folio]) -> None:
+        """Pages went idle: a layout break waiting on one of them takes its next turn of the
+        dax_break_layout() loop (fs/dax.c, 7.1.8). It waits on one page (wait_page_idle, woken
+        by wake_up_var of that page, the condition re-checked: refcount back to the idle
+        value); then dax_layout_busy_page_range() unmaps the whole file again (faults during
+        the wait mapped pages anew) and looks for a busy page, in index order: the next one
+        to wait on. With none, every entry is deleted and the operation completes (a truncate
+        drops private COW copies of the truncated part too: truncate_pagecache)."""
         from foliosim.kernel.truncate import unmap_mapping_range
 
+        assert self.fs is not None
+        idle = self.fs.pgmap.idle_refcount
         for op in list(self.pending):
-            first, last, new_size = op
+            first, last, new_size, waited = op
+            if not any(folio is waited for folio in idled) or waited.refcount != idle:
+                continue  # still asleep
+            self.pending.remove(op)
             unmap_mapping_range(k, self, 0, None, even_cows=False)
-            if self.busy_folios(k, 0, None):
-                continue  # the loop waits on the next busy page
+            busy = self.busy_folios(k, 0, None)
+            if busy:
+                self.pending.append((first, last, new_size, busy[0]))
+                continue
             if new_size is not None:
                 unmap_mapping_range(k, self, first, last, even_cows=True)
-            self.pending.remove(op)
             self.delete_range(k, first, last)
             if new_size is not None:
                 self.size = new_size
@@ -294,8 +303,9 @@ def _break_layout(
     unmap_mapping_range(k, file, 0, None, even_cows=False)
     if even_cows:
         unmap_mapping_range(k, file, first, last, even_cows=True)
-    if file.busy_folios(k, 0, None) and not k.variant.truncate_ignores_pins:
-        file.pending.append((first, last, new_size))
+    busy = file.busy_folios(k, 0, None)
+    if busy and not k.variant.truncate_ignores_pins:
+        file.pending.append((first, last, new_size, busy[0]))
         if file not in k.dax_waiters:
             k.dax_waiters.append(file)
         raise SyscallError("EBUSY", "waiting for pinned DAX pages (dax_break_layout)")

@@ -92,7 +92,7 @@ class Kernel:
         self.ownership = Ownership(self)
         self._device_pfn = _round_up(self.physmem.ram_pages, 1 << geo.pud_order)
         self.dax_waiters: list[object] = []
-        self.dax_woken = False  # a page went idle since the waiters last looked
+        self.dax_idled: list[Folio] = []  # fs-dax folios that went idle, for the waiters
         # Batched order-0 anonymous faults keep their pages as arrays (smallpages.py), except
         # under mutants whose broken zap or fork those array paths cannot express.
         self.small_anon = config.small_pages == "arrays" and not (
@@ -249,15 +249,16 @@ class Kernel:
         The waiter is another task: it runs once the statement that made the page idle is
         over (run_dax_waiters), not inside the put that woke it."""
         if self.dax_waiters:
-            self.dax_woken = True
+            self.dax_idled.append(folio)
 
     def run_dax_waiters(self) -> None:
-        """The woken layout breaks take their next turn (see FsdaxFile.wake)."""
-        if not self.dax_woken:
+        """Layout breaks waiting on a page that went idle take their next turn (see
+        FsdaxFile.wake)."""
+        if not self.dax_idled:
             return
-        self.dax_woken = False
+        idled, self.dax_idled = self.dax_idled, []
         for waiter in list(self.dax_waiters):
-            waiter.wake(self)  # type: ignore[attr-defined]
+            waiter.wake(self, idled)  # type: ignore[attr-defined]
 
     # ---- rmap walk -------------------------------------------------------------------------
     def live_mms(self) -> list[MM]:
