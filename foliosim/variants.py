@@ -18,6 +18,7 @@ Mutants (deliberately broken variants for the fuzzer) are Variants too: see muta
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 
 
@@ -89,6 +90,9 @@ class Variant:
     zap_pud_asserts_mmap_lock: bool = False
     # MADV_GUARD_INSTALL/REMOVE exist (added in 6.13; 6.1 answers EINVAL).
     has_guard_regions: bool = True
+    # Before 7.x fault-around mapped a large page-cache folio ending at EOF whole (a PMD);
+    # 7.1.8 wants the file to go on past it (filemap._ends_before_eof).
+    fault_around_maps_to_eof: bool = False
 
     def mutate(self, name: str, description: str, **switches: bool) -> Variant:
         return replace(self, name=name, description=description, **switches)
@@ -104,6 +108,7 @@ SEED = Variant(
     pud_counts_pmdmapped=True,
     split_pud_put_before_rss=True,
     anon_pud_zap_is_bug=True,
+    fault_around_maps_to_eof=True,
 )
 LEGACY = Variant(
     "legacy",
@@ -112,6 +117,7 @@ LEGACY = Variant(
     fsdax_idle_refcount=1,
     has_guard_regions=False,
     mprotect_pud_clears_bad=True,
+    fault_around_maps_to_eof=True,
 )
 
 VARIANTS: dict[str, Variant] = {v.name: v for v in (LEGACY, SEED, MAINLINE)}
@@ -133,10 +139,22 @@ MAINLINE_FIXED = MAINLINE.mutate(
 V6_18 = MAINLINE.mutate(
     "v6.18",
     "6.18 (the host's and the guests' kernel): mainline, plus the mmap_lock assertion in "
-    "zap_pud_range that warns when a per-VMA-locked MADV_DONTNEED splits a PUD",
+    "zap_pud_range that warns when a per-VMA-locked MADV_DONTNEED splits a PUD, and "
+    "fault-around that maps a large page-cache folio ending at EOF whole",
     zap_pud_asserts_mmap_lock=True,
+    fault_around_maps_to_eof=True,
 )
 STUDY_VARIANTS: dict[str, Variant] = {v.name: v for v in (REFCOUNT_ONLY, MAINLINE_FIXED, V6_18)}
+
+
+def variant_for_kernel(version: str) -> str:
+    """The variant that models a real kernel release (the host's or a guest's): the series
+    "fs/dax: Fix FS DAX page reference counts" was merged for 6.15; 6.18 has its own."""
+    m = re.match(r"(\d+)\.(\d+)", version)
+    major_minor = (int(m[1]), int(m[2])) if m else (0, 0)
+    if major_minor == (6, 18):
+        return "v6.18"
+    return "mainline" if major_minor >= (6, 15) else "legacy"
 
 
 def get_variant(name: str) -> Variant:

@@ -172,10 +172,10 @@ def filemap_map_pages(k: Kernel, vma: VMA, addr: int) -> None:
     """do_fault_around() + filemap_map_pages() (mm/memory.c, mm/filemap.c, 7.1.8).
 
     The window is fault_around_bytes aligned, clipped to the VMA and the PTE table. A
-    PMD-sized folio at an empty PMD is mapped by do_set_pmd(); otherwise every cached page in
-    the window with an empty PTE is mapped read-only (one reference per PTE, file rmap,
-    MM_FILEPAGES/MM_SHMEMPAGES), and a large folio that fits the VMA and one PMD range is
-    mapped whole (_maps_whole_folio).
+    PMD-sized folio at an empty PMD is mapped by do_set_pmd() when the file goes on past it
+    (_ends_before_eof); otherwise every cached page in the window with an empty PTE is
+    mapped read-only (one reference per PTE, file rmap, MM_FILEPAGES/MM_SHMEMPAGES), and a
+    large folio that fits the VMA and one PMD range is mapped whole (_maps_whole_folio).
     """
     from foliosim.kernel.huge_memory import do_set_pmd
 
@@ -198,7 +198,7 @@ def filemap_map_pages(k: Kernel, vma: VMA, addr: int) -> None:
     if table is None or table.all_none():
         first_index = vma.linear_page_index(base + (from_pte << k.page_shift), k.page_shift)
         folio = file.find_folio(first_index)
-        if folio is not None and folio.order == geo.pmd_order:
+        if folio is not None and folio.order == geo.pmd_order and _ends_before_eof(k, file, folio):
             k.folio_get(folio)
             if do_set_pmd(k, vma, addr, folio, write=False):
                 return
@@ -238,12 +238,27 @@ def filemap_map_pages(k: Kernel, vma: VMA, addr: int) -> None:
         slot = max(last, slot + 1)
 
 
+def _ends_before_eof(k: Kernel, file: BackingFile, folio: Folio) -> bool:
+    """The EOF test of filemap_map_pages() and filemap_map_folio_range() (mm/filemap.c,
+    7.1.8) before they map a large folio whole (a PMD, or all of its PTEs):
+    `file_end >= folio_next_index(folio)`, with file_end the index of the file's *last* page,
+    so the file must go on past the folio: one that ends exactly at EOF is mapped page by
+    page in the fault-around window (shmem is exempt). finish_fault() tests against the
+    page count instead, so a fault that goes there still maps such a folio whole. Variants
+    of older kernels (v6.18, seed, legacy) map a folio that lies within EOF."""
+    if file.kind == "shmem":
+        return True
+    end = folio.index + folio.nr_pages
+    pages = file.size_pages(k.page_shift)
+    return end <= pages if k.variant.fault_around_maps_to_eof else end <= pages - 1
+
+
 def _maps_whole_folio(k: Kernel, vma: VMA, file: BackingFile, folio: Folio, addr0: int) -> bool:
     """filemap_map_folio_range() (mm/filemap.c, 7.1.8) maps every empty PTE of a large folio,
     not just the fault-around window, when the folio lies within EOF (or is shmem), within
     the VMA, and within one PMD range (``addr0``: where its first page would be mapped)."""
     end0 = addr0 + (folio.nr_pages << k.page_shift)
-    in_eof = folio.index + folio.nr_pages <= file.size_pages(k.page_shift) or file.kind == "shmem"
+    in_eof = _ends_before_eof(k, file, folio)
     same_pmd = addr0 >> k.geometry.pmd_shift == (end0 - 1) >> k.geometry.pmd_shift
     return in_eof and addr0 >= vma.start and end0 <= vma.end and same_pmd
 

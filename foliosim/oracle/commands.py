@@ -31,6 +31,7 @@ from foliosim.oracle.sysfs import (
 )
 from foliosim.scenario.parser import ScenarioError
 from foliosim.scenario.statements import parse_text
+from foliosim.variants import variant_for_kernel
 
 oracle_app = typer.Typer(
     no_args_is_help=True, help="Run scenarios on this machine's kernel and compare with the model."
@@ -81,7 +82,8 @@ def show(value: Any) -> str:
 
 
 def print_rows(result: HostResult) -> None:
-    table = Table(title=f"{result.path} — model (7.1.8) vs this kernel ({result.kernel})")
+    model = f"model ({variant_for_kernel(result.kernel)})"
+    table = Table(title=f"{result.path} — {model} vs this kernel ({result.kernel})")
     for col in ("line", "statement", "value", "model", "kernel", ""):
         table.add_column(col)
     style = {"agree": "green", "disagree": "bold red", "not observable": "dim"}

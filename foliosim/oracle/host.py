@@ -28,6 +28,7 @@ from foliosim.oracle.worker import Workers
 from foliosim.scenario.expect import compare
 from foliosim.scenario.parser import Addr, Num, Query, Stmt
 from foliosim.scenario.runner import Run, execute
+from foliosim.variants import variant_for_kernel
 
 SHIFT = 0x4000_0000_0000
 WINDOW = (0x1000_0000_0000, 0x5000_0000_0000)  # where shifted scenario mappings live
@@ -126,8 +127,11 @@ def scenario_config(stmts: list[Stmt]) -> tuple[str, dict[int, str]]:
     return thp, mthp
 
 
-def run_model(path: str, stmts: list[Stmt]) -> tuple[Run, dict[int, dict[str, Any]]]:
-    """The model's run plus, per statement line, the names and task outcomes after it."""
+def run_model(
+    path: str, stmts: list[Stmt], variant: str | None = None
+) -> tuple[Run, dict[int, dict[str, Any]]]:
+    """The model's run plus, per statement line, the names and task outcomes after it;
+    ``variant``: the one that models this host's release (variant_for_kernel)."""
     after: dict[int, dict[str, Any]] = {}
 
     def obs(run: Run) -> dict[str, Any]:
@@ -140,7 +144,7 @@ def run_model(path: str, stmts: list[Stmt]) -> tuple[Run, dict[int, dict[str, An
         after[line] = snap
         return snap
 
-    run = execute(path, stmts, observe=obs)
+    run = execute(path, stmts, observe=obs, variant=variant)
     return run, after
 
 
@@ -435,7 +439,7 @@ def run_scenario(
 def run_once(path: str, stmts: list[Stmt], settings: HostSettings) -> HostResult:
     """One attempt of a scenario on the model and the kernel."""
     thp, mthp = scenario_config(stmts)
-    model, after = run_model(path, stmts)
+    model, after = run_model(path, stmts, variant_for_kernel(kernel_version()))
     applied = settings.apply(thp, mthp)
     result = HostResult(path, kernel_version(), applied)
     model_results = {r.line: r for r in model.results}

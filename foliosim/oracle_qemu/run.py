@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,15 +12,12 @@ from foliosim.oracle_qemu.compare import Row, compare, parse_console, reports_in
 from foliosim.scenario.parser import Stmt
 from foliosim.scenario.runner import Run
 from foliosim.scenario.statements import parse_text
+from foliosim.variants import variant_for_kernel
 
 
 def variant_for(version: str) -> str:
-    """The series "fs/dax: Fix FS DAX page reference counts" merged for 6.15."""
-    m = re.match(r"(\d+)\.(\d+)", version)
-    major_minor = (int(m[1]), int(m[2])) if m else (0, 0)
-    if major_minor == (6, 18):
-        return "v6.18"  # mainline plus 6.18's mmap_lock assertion in zap_pud_range
-    return "mainline" if major_minor >= (6, 15) else "legacy"
+    """The variant a guest kernel is compared with (variants.variant_for_kernel)."""
+    return variant_for_kernel(version)
 
 
 @dataclass
