@@ -255,8 +255,9 @@ def _ends_before_eof(k: Kernel, file: BackingFile, folio: Folio) -> bool:
 
 def _maps_whole_folio(k: Kernel, vma: VMA, file: BackingFile, folio: Folio, addr0: int) -> bool:
     """filemap_map_folio_range() (mm/filemap.c, 7.1.8) maps every empty PTE of a large folio,
-    not just the fault-around window, when the folio lies within EOF (or is shmem), within
-    the VMA, and within one PMD range (``addr0``: where its first page would be mapped)."""
+    not just the fault-around window, when the file goes on past the folio (or is shmem:
+    _ends_before_eof), and the folio lies within the VMA and one PMD range (``addr0``: where
+    its first page would be mapped)."""
     end0 = addr0 + (folio.nr_pages << k.page_shift)
     in_eof = _ends_before_eof(k, file, folio)
     same_pmd = addr0 >> k.geometry.pmd_shift == (end0 - 1) >> k.geometry.pmd_shift
