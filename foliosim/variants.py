@@ -90,8 +90,9 @@ class Variant:
     zap_pud_asserts_mmap_lock: bool = False
     # MADV_GUARD_INSTALL/REMOVE exist (added in 6.13; 6.1 answers EINVAL).
     has_guard_regions: bool = True
-    # Before 7.x fault-around mapped a large page-cache folio ending at EOF whole (a PMD);
-    # 7.1.8 wants the file to go on past it (filemap._ends_before_eof).
+    # Fault-around maps a large page-cache folio whole (and installs the PTE table) for any
+    # folio within EOF, as before the 2025 "do not populate page table entries beyond i_size"
+    # fixes; since them the file must go on past it (filemap._ends_before_eof).
     fault_around_maps_to_eof: bool = False
 
     def mutate(self, name: str, description: str, **switches: bool) -> Variant:
@@ -139,10 +140,8 @@ MAINLINE_FIXED = MAINLINE.mutate(
 V6_18 = MAINLINE.mutate(
     "v6.18",
     "6.18 (the host's and the guests' kernel): mainline, plus the mmap_lock assertion in "
-    "zap_pud_range that warns when a per-VMA-locked MADV_DONTNEED splits a PUD, and "
-    "fault-around that maps a large page-cache folio ending at EOF whole",
+    "zap_pud_range that warns when a per-VMA-locked MADV_DONTNEED splits a PUD",
     zap_pud_asserts_mmap_lock=True,
-    fault_around_maps_to_eof=True,
 )
 STUDY_VARIANTS: dict[str, Variant] = {v.name: v for v in (REFCOUNT_ONLY, MAINLINE_FIXED, V6_18)}
 

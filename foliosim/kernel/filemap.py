@@ -173,9 +173,10 @@ def filemap_map_pages(k: Kernel, vma: VMA, addr: int) -> None:
 
     The window is fault_around_bytes aligned, clipped to the VMA and the PTE table. A
     PMD-sized folio at an empty PMD is mapped by do_set_pmd() when the file goes on past it
-    (_ends_before_eof); otherwise every cached page in the window with an empty PTE is
-    mapped read-only (one reference per PTE, file rmap, MM_FILEPAGES/MM_SHMEMPAGES), and a
-    large folio that fits the VMA and one PMD range is mapped whole (_maps_whole_folio).
+    (_ends_before_eof; if it does not, nothing is mapped at an empty PMD); otherwise every
+    cached page in the window with an empty PTE is mapped read-only (one reference per PTE,
+    file rmap, MM_FILEPAGES/MM_SHMEMPAGES), and a large folio that fits the VMA and one PMD
+    range is mapped whole (_maps_whole_folio).
     """
     from foliosim.kernel.huge_memory import do_set_pmd
 
@@ -196,9 +197,15 @@ def filemap_map_pages(k: Kernel, vma: VMA, addr: int) -> None:
     eof = file.size_pages(k.page_shift)
     table = mm.pgtables.pte_table(pmd_no)
     if table is None or table.all_none():
-        first_index = vma.linear_page_index(base + (from_pte << k.page_shift), k.page_shift)
-        folio = file.find_folio(first_index)
-        if folio is not None and folio.order == geo.pmd_order and _ends_before_eof(k, file, folio):
+        # The first uptodate folio of the window decides (next_uptodate_folio); the table is
+        # installed by filemap_map_pmd(), which 7.1.8 calls only when the file goes on past
+        # that folio. Otherwise pte_offset_map_lock() finds no table and nothing is mapped
+        # here: the fault goes on to ->fault and finish_fault(), whose EOF test lets a PMD
+        # folio ending at EOF be mapped with a PMD after all.
+        folio = _first_uptodate_folio(k, vma, file, base, from_pte, to_pte, eof)
+        if folio is None or not _ends_before_eof(k, file, folio):
+            return
+        if folio.order == geo.pmd_order:
             k.folio_get(folio)
             if do_set_pmd(k, vma, addr, folio, write=False):
                 return
@@ -238,14 +245,29 @@ def filemap_map_pages(k: Kernel, vma: VMA, addr: int) -> None:
         slot = max(last, slot + 1)
 
 
+def _first_uptodate_folio(
+    k: Kernel, vma: VMA, file: BackingFile, base: int, from_pte: int, to_pte: int, eof: int
+) -> Folio | None:
+    """next_uptodate_folio() (mm/filemap.c, 7.1.8) from the window's start: the first cached
+    folio below EOF that is not marked PG_readahead."""
+    for slot in range(from_pte, to_pte):
+        index = vma.linear_page_index(base + (slot << k.page_shift), k.page_shift)
+        if index >= eof:
+            return None
+        folio = file.find_folio(index)
+        if folio is not None and not folio.readahead:
+            return folio
+    return None
+
+
 def _ends_before_eof(k: Kernel, file: BackingFile, folio: Folio) -> bool:
     """The EOF test of filemap_map_pages() and filemap_map_folio_range() (mm/filemap.c,
     7.1.8) before they map a large folio whole (a PMD, or all of its PTEs):
     `file_end >= folio_next_index(folio)`, with file_end the index of the file's *last* page,
-    so the file must go on past the folio: one that ends exactly at EOF is mapped page by
-    page in the fault-around window (shmem is exempt). finish_fault() tests against the
-    page count instead, so a fault that goes there still maps such a folio whole. Variants
-    of older kernels (v6.18, seed, legacy) map a folio that lies within EOF."""
+    so the file must go on past the folio (shmem is exempt). finish_fault() tests against
+    the page count instead, and a fault whose fault-around could not map the page goes on
+    there. The variants of kernels before that test (seed, legacy) take any folio within
+    EOF."""
     if file.kind == "shmem":
         return True
     end = folio.index + folio.nr_pages

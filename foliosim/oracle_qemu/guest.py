@@ -228,6 +228,17 @@ def scenario_script(plan: Plan) -> str:
                 "$(dmesg | grep -i -E 'ext4|dax|pmem|nd_' | tail -4)\" >&2",
                 f'args="$args {dev.index}={mnt}"',
             ]
+        elif dev.kind == "pagecache":
+            mnt = f"/mnt/{dev.name}"
+            lines += [
+                "NSKEY=blockdev",
+                f"d=$(mkns -m fsdax -M mem -s {_ns_size(dev.size, 2 << 20)})",
+                "mk=$(/usr/bin/mke2fs -q -F -t ext4 -b 4096 /dev/$d 2>&1)",
+                f"mkdir -p {mnt}",
+                # no -o dax: the block device's page cache, as on an ordinary disk
+                f'mount -t ext4 /dev/$d {mnt} || echo "@@SETUPFAIL mount /dev/$d: $mk" >&2',
+                f'args="$args {dev.index}={mnt}"',
+            ]
         elif dev.kind == "shmem":
             mnt = f"/mnt/{dev.name}"
             lines += [
