@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from foliosim.oracle_qemu import cprog, setup
+from foliosim.oracle_qemu import cprog, guest, setup
 from foliosim.oracle_qemu.compare import compare, parse_console, run_model
-from foliosim.oracle_qemu.run import variant_for
+from foliosim.oracle_qemu.run import needs_newer_kernel, variant_for
 from foliosim.scenario.statements import parse_text
 
 # The host oracle reads machine-wide vmstat and a QEMU guest madvises its RAM for THPs: the
@@ -51,6 +51,22 @@ def test_variant_for_kernel_versions() -> None:
     assert variant_for("6.12.40") == "legacy"
     assert variant_for("6.18.15") == "v6.18"
     assert variant_for("7.3.4") == "mainline"
+
+
+def test_min_kernel_line_keeps_a_scenario_off_older_guests() -> None:
+    text = (SUITE / "32-pagecache-pmd-folio-at-eof.fsim").read_text()
+    assert "6.16" in needs_newer_kernel(text, "6.1.176")
+    assert needs_newer_kernel(text, "6.18.15") == ""
+    assert needs_newer_kernel(text, "7.3.4") == ""
+    assert needs_newer_kernel("task A\n", "6.1.176") == ""  # no line: every guest
+
+
+def test_page_cache_files_get_an_ext4_without_dax() -> None:
+    path, stmts = load("32-pagecache-pmd-folio-at-eof.fsim")
+    plan = cprog.translate(0, path, stmts)
+    assert [d.kind for d in plan.devices] == ["pagecache", "file"]
+    script = guest.scenario_script(plan)
+    assert "mount -t ext4 /dev/$d /mnt/pagecache" in script and "-o dax" not in script
 
 
 def test_console_parsed_and_compared() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,6 +85,18 @@ def needs_own_boot(job: Job) -> bool:
     )
 
 
+def needs_newer_kernel(text: str, version: str) -> str:
+    """A scenario's `# min-kernel: X.Y` line (what the guest must have, such as ext4's large
+    folios from 6.16): the reason it cannot run on ``version``, or ""."""
+    need = re.search(r"^#\s*min-kernel:\s*(\d+)\.(\d+)", text, re.M)
+    have = re.match(r"(\d+)\.(\d+)", version)
+    if need is None or have is None:
+        return ""
+    if (int(have[1]), int(have[2])) >= (int(need[1]), int(need[2])):
+        return ""
+    return f"needs kernel {need[1]}.{need[2]} or later (min-kernel line)"
+
+
 def run_scenarios(
     paths: list[Path], kernel_spec: str, batch: bool = True, progress: Any = None
 ) -> tuple[list[ScenarioResult], list[BootInfo]]:
@@ -99,6 +112,10 @@ def run_scenarios(
         stmts = parse_text(str(path), text)
         res = ScenarioResult(str(path), kernel.version, variant)
         results[str(path)] = res
+        too_old = needs_newer_kernel(text, kernel.version)
+        if too_old:
+            res.status, res.reason = "unsupported", too_old
+            continue
         try:
             plan = cprog.translate(n, str(path), stmts)
         except cprog.Unsupported as exc:
