@@ -168,7 +168,6 @@ class DaxDevice(BackingFile):
 
 
 def _leaf_writable(vma: VMA, write: bool) -> bool:
-
     return (write and bool(vma.flags & VM.WRITE)) or vma_page_prot_writable(vma)
 
 
@@ -179,7 +178,6 @@ def vmf_insert_folio_pud(k: Kernel, vma: VMA, addr: int, folio: Folio, write: bo
     A present entry is only made young/dirty/writable on a write (WARN_ON_ONCE if it maps
     another pfn). Otherwise: folio_get, folio_add_file_rmap_pud, file RSS += HPAGE_PUD_NR.
     """
-
     geo = k.geometry
     pud_no = addr >> geo.pud_shift
     pgt = vma.mm.pgtables
@@ -216,7 +214,6 @@ def vmf_insert_folio_pmd(k: Kernel, vma: VMA, addr: int, folio: Folio, write: bo
     """vmf_insert_folio_pmd() -> insert_pmd() (mm/huge_memory.c, 7.1.8); legacy
     vmf_insert_pfn_pmd. The huge zero folio is inserted special with no accounting (and, for
     DAX, no deposited table: arch_needs_pgtable_deposit() is false on x86-64)."""
-
     geo = k.geometry
     pmd_no = addr >> geo.pmd_shift
     pgt = vma.mm.pgtables
@@ -257,7 +254,6 @@ def vmf_insert_page_mkwrite(
 ) -> str | None:
     """vmf_insert_page_mkwrite() -> insert_page_into_pte_locked() (mm/memory.c, 7.1.8);
     legacy vmf_insert_mixed (special devmap PTE). The zero page goes in special."""
-
     geo = k.geometry
     table = vma.mm.pgtables.pte_table(addr >> geo.pmd_shift, create=True)
     assert table is not None

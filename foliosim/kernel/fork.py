@@ -289,7 +289,6 @@ def _copy_run(
     nr: int,
     cow: bool,
 ) -> None:
-
     assert isinstance(stable, PteTable) and isinstance(dtable, PteTable)
     bits = stable.bits[slot : slot + nr].copy()
     if bits[0] & PTE_SPECIAL:

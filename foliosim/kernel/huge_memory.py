@@ -218,7 +218,6 @@ def do_set_pmd(k: Kernel, vma: VMA, addr: int, folio: Folio, write: bool) -> boo
     PMD: file rmap (NR_FILE_PMDMAPPED/NR_SHMEM_PMDMAPPED), RSS += HPAGE_PMD_NR,
     THP_FILE_MAPPED. Refused for VM_NOHUGEPAGE, a misaligned range or a folio that does not
     start at the PMD's file offset. The caller's reference becomes the mapping's."""
-
     geo = k.geometry
     if vma_thp_disabled(vma) or folio.order != geo.pmd_order:
         return False
@@ -251,7 +250,6 @@ def __split_huge_pmd(k: Kernel, vma: VMA, addr: int) -> None:
     THP: 512 PTEs with the PMD's bits, refcount +511, per-page mapcounts +1, AnonExclusive
     copied from the head to every page, then the PMD rmap is removed.
     """
-
     geo = k.geometry
     pmd_no = addr >> geo.pmd_shift
     leaf = vma.mm.pgtables.pmd_leaves.pop(pmd_no, None)
@@ -314,7 +312,6 @@ def __split_huge_pud(k: Kernel, vma: VMA, addr: int) -> None:
     the folio to choose the counter (mm_counter_file), a use-after-put the ownership checker
     reports. Non-DAX (pfnmap special) PUDs carry no accounting.
     """
-
     pud_no = addr >> k.geometry.pud_shift
     leaf = vma.mm.pgtables.pud_leaves.pop(pud_no, None)
     if leaf is None:
@@ -380,7 +377,6 @@ def zap_huge_pmd(k: Kernel, vma: VMA, pmd_no: int) -> None:
     PMDs: the seed's rule). A mapped folio loses the PMD rmap and HPAGE_PMD_NR of RSS; its
     reference is dropped through the mmu_gather (here: at once).
     """
-
     leaf = vma.mm.pgtables.pmd_leaves.pop(pmd_no, None)
     if leaf is None:
         return
@@ -422,7 +418,6 @@ def zap_huge_pud(k: Kernel, vma: VMA, pud_no: int) -> None:
     (seed: BUG_ON; mainline: VM_WARN_ON_ONCE); the PUD rmap is removed, HPAGE_PUD_NR of file
     RSS dropped, and the page freed through the mmu_gather at PUD size (the reference put).
     """
-
     leaf = vma.mm.pgtables.pud_leaves.pop(pud_no, None)
     if leaf is None:
         return

@@ -179,10 +179,12 @@ class PteTable:
         pfn = int(self.pfn[i])
         if pfn < 0:
             return None
-        folio = self._folio(pfn, i, peek)
+        folio = self.entry_folio(pfn, i, peek)
         return folio, pfn - folio.pfn
 
-    def _folio(self, pfn: int, slot: int, peek: bool) -> Folio:
+    def entry_folio(self, pfn: int, slot: int, peek: bool = False) -> Folio:
+        """The folio of the page ``pfn`` in ``slot``; ``peek``: a read-only view of a page
+        held as arrays (for readers that change nothing) instead of making it an object."""
         mem = self.mem
         if peek and mem.is_small_anon(pfn):
             return mem.small_view(pfn, mem._index_at(pfn, self, slot))
@@ -313,7 +315,7 @@ class PteTable:
         return out
 
     def _peek_folio(self, pfn: int, table: PteTable, slot: int) -> Folio:
-        return self._folio(pfn, slot, True)
+        return self.entry_folio(pfn, slot, True)
 
     def clear_range(self, start: int, end: int) -> None:
         self.bump(start, end)

@@ -28,6 +28,7 @@ from foliosim.kernel.smallpages import (
     PfnStack,
     SmallAnonPages,
     lazy_zeros,
+    pfn_span,
 )
 
 if TYPE_CHECKING:
@@ -560,9 +561,9 @@ class PhysMem:
         n = int(pfns.shape[0])
         if not n:
             return
-        lo, hi = int(pfns.min()), int(pfns.max()) + 1
-        if hi - lo == n:  # distinct pfns filling a range (a freed block): one slice
-            self.state[lo:hi] = PAGE_FREE
+        span = pfn_span(pfns)
+        if span is not None:  # distinct pfns filling a range (a freed block): one slice
+            self.state[span[0] : span[1]] = PAGE_FREE
         else:
             self.state[pfns] = PAGE_FREE  # (mapcount is 0; the anon_vma byte is set anew)
         self.used_pages -= n

@@ -21,18 +21,33 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from foliosim.kernel.mm import MM_ANONPAGES
-from foliosim.kernel.pgtable import CLEAR_WRITE, CLEAR_YOUNG, PteTable
+from foliosim.kernel.memory import anon_vma_prepare
+from foliosim.kernel.mm import MM_ANONPAGES, VM
+from foliosim.kernel.pgtable import (
+    CLEAR_WRITE,
+    CLEAR_YOUNG,
+    PTE_DIRTY,
+    PTE_WRITE,
+    PTE_YOUNG,
+    PteTable,
+)
 from foliosim.kernel.smallpages import (
     CLEAR_SMALL_EXCLUSIVE,
     MAX_SMALL_MAPCOUNT,
     PAGE_SMALL_ANON,
+    SMALL_EXCLUSIVE,
+    SMALL_WRITTEN,
+    pfn_span,
 )
 
 if TYPE_CHECKING:
     from foliosim.kernel.kernel import Kernel
     from foliosim.kernel.mm import VMA
     from foliosim.kernel.physmem import Folio
+
+# The mmu_gather of a zap: what to put, and how many references of each (an array is pages
+# held as arrays, whose references went with their mapcounts: 0).
+Gather = tuple[list["Folio | np.ndarray[Any, Any]"], list[int]]
 
 # Fewer tables than this are done one by one (the block costs a few fixed operations).
 MIN_BLOCK = 2
@@ -99,18 +114,11 @@ def table_blocks(k: Kernel, full: list[tuple[int, PteTable]]) -> list[Group]:
     return groups
 
 
-def _span(pfns: np.ndarray[Any, Any]) -> tuple[int, int] | None:
-    """(lo, hi) when these distinct pfns are exactly the range [lo, hi), else None."""
-    lo = int(pfns.min())
-    hi = int(pfns.max()) + 1
-    return (lo, hi) if hi - lo == pfns.shape[0] else None
-
-
 def zap_small_tables(
     k: Kernel,
     vma: VMA,
     block: Block,
-    batch: tuple[list[Folio | np.ndarray[Any, Any]], list[int]],
+    batch: Gather,
     drop_markers: bool,
 ) -> None:
     """zap_pte_range() over whole tables holding only pages held as arrays: each page
@@ -121,7 +129,7 @@ def zap_small_tables(
     if block.shared and not drop_markers:
         pfns = pfns.copy()  # the tables are cleared below; the batch keeps these
     mapcount = k.physmem.small.mapcount
-    span = _span(pfns)
+    span = pfn_span(pfns)
     if span is not None:
         counts = mapcount[span[0] : span[1]]
         counts -= 1
@@ -162,20 +170,14 @@ def copy_small_tables(k: Kernel, dst: VMA, src: VMA, block: Block, keep_exclusiv
     pfns = block.pfns.copy() if block.shared else block.pfns  # the child's own entries
     flat = pfns.ravel()
     mem = k.physmem
-    span = _span(flat)
-    counts = mem.small.mapcount[span[0] : span[1]] if span is not None else mem.small.mapcount[flat]
-    if int(counts.max()) >= MAX_SMALL_MAPCOUNT:
+    span = pfn_span(flat)
+    pages: slice | np.ndarray[Any, Any] = flat if span is None else slice(*span)
+    if int(mem.small.mapcount[pages].max()) >= MAX_SMALL_MAPCOUNT:
         return False
-    if k.variant.fork_pte_skips_dup:  # mutant: no folio_try_dup_anon_rmap_pte, no folio_get
-        pass
-    elif span is not None:
-        mem.small.mapcount[span[0] : span[1]] += 1
+    if not k.variant.fork_pte_skips_dup:  # (mutant: no folio_try_dup_anon_rmap_pte, no get)
+        mem.small.mapcount[pages] += 1
         if not keep_exclusive:
-            mem.state[span[0] : span[1]] &= CLEAR_SMALL_EXCLUSIVE
-    else:
-        mem.small.mapcount[flat] += 1
-        if not keep_exclusive:
-            mem.state[flat] &= CLEAR_SMALL_EXCLUSIVE
+            mem.state[pages] &= CLEAR_SMALL_EXCLUSIVE
     parent_bits = block.bits
     if src.is_cow_mapping:
         if parent_bits is not None:
@@ -205,10 +207,6 @@ def fault_small_tables(k: Kernel, vma: VMA, first_pmd: int, count: int, written:
     used): new pages held as arrays, exclusive, mapped young, dirty and (if the VMA is)
     writable; MM_ANONPAGES and NR_ANON_MAPPED grow. Returns the pages mapped: 0 when memory
     or anon_vma indexes run short (the caller then faults table by table and meets it)."""
-    from foliosim.kernel.memory import anon_vma_prepare
-    from foliosim.kernel.mm import VM
-    from foliosim.kernel.pgtable import PTE_DIRTY, PTE_WRITE, PTE_YOUNG
-    from foliosim.kernel.smallpages import SMALL_EXCLUSIVE, SMALL_WRITTEN
 
     nr = k.geometry.ptrs_per_pte
     total = count * nr

@@ -51,6 +51,14 @@ def lazy_zeros(n: int, dtype: Any) -> np.ndarray[Any, Any]:
     return np.frombuffer(mmap.mmap(-1, size), dtype=dtype, count=n)
 
 
+def pfn_span(pfns: np.ndarray[Any, Any]) -> tuple[int, int] | None:
+    """(lo, hi) when these distinct pfns are exactly the range [lo, hi), else None: what the
+    allocator hands out for a fresh range, so per-pfn arrays can be updated by one slice."""
+    lo = int(pfns.min())
+    hi = int(pfns.max()) + 1
+    return (lo, hi) if hi - lo == pfns.shape[0] else None
+
+
 class PfnStack:
     """The order-0 free list: a LIFO of pfns kept as segments, Python lists for single pushes
     and NumPy arrays for bulk frees, so freeing or allocating 262,144 pages is a few array

@@ -25,7 +25,6 @@ def try_to_unmap(k: Kernel, folio: Folio) -> None:
     """try_to_unmap() (mm/rmap.c, 7.1.8) for a file or shmem folio: every PTE and PMD that
     maps it is cleared, its dirty bit moved into the folio, the rmap, RSS and the entry's
     reference dropped."""
-
     for ref in k.rmap_walk(folio):
         vma = ref.mm.find_vma(ref.addr)
         assert vma is not None

@@ -45,10 +45,7 @@ def lookup(
     pfn = int(table.pfn[slot])
     if pfn < 0:
         return None
-    if peek and table.mem.is_small_anon(pfn):
-        folio = table.mem.small_view(pfn, table.mem._index_at(pfn, table, slot))
-    else:
-        folio = table.mem.page_folio(pfn, table, slot)
+    folio = table.entry_folio(pfn, slot, peek)
     bits = int(table.bits[slot])
     return Mapping(
         "pte",

@@ -18,7 +18,7 @@ from foliosim.kernel import huge_memory, rmap
 from foliosim.kernel.mm import MM_ANONPAGES, mm_counter
 from foliosim.kernel.pgtable import PTE_DIRTY, PTE_MARKER_GUARD, PTE_YOUNG, PteTable
 from foliosim.kernel.physmem import Folio
-from foliosim.kernel.pte_batch import table_blocks, zap_small_tables
+from foliosim.kernel.pte_batch import Gather, table_blocks, zap_small_tables
 
 if TYPE_CHECKING:
     from foliosim.kernel.kernel import Kernel
@@ -100,7 +100,7 @@ def _zap_full_tables(
     k: Kernel,
     vma: VMA,
     full: list[tuple[int, PteTable]],
-    batch: tuple[list[Folio | np.ndarray[Any, Any]], list[int]],
+    batch: Gather,
     drop_markers: bool,
 ) -> None:
     """zap_pte_range() over consecutive tables every slot of which maps a page, in order:
@@ -120,7 +120,7 @@ def _zap_table(
     table: PteTable,
     first: int,
     last: int,
-    batch: tuple[list[Folio | np.ndarray[Any, Any]], list[int]],
+    batch: Gather,
     drop_markers: bool,
     keep_anon: bool = False,
 ) -> None:
@@ -161,7 +161,7 @@ def zap_pte_range(
     table: PteTable,
     first: int,
     last: int,
-    batch: tuple[list[Folio | np.ndarray[Any, Any]], list[int]],
+    batch: Gather,
     drop_markers: bool,
     keep_anon: bool = False,
 ) -> None:
@@ -173,7 +173,6 @@ def zap_pte_range(
     clear. Order-0 anonymous folios take an inline path whose RSS and vmstat updates are
     summed per table.
     """
-
     bits = table.bits
     kept_markers = None
     if drop_markers:
