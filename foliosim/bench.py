@@ -208,7 +208,7 @@ def bench_anon(
         )
 
 
-def bench_devdax(results: list[Result], size_gib: int) -> None:
+def bench_devdax(results: list[Result], size_gib: int, repeats: int = 1) -> None:
     """The issue's "PUD fault + fork + munmap" is the parent's write fault, fork and munmap
     (lines 5, 6, 8); the walk also has the child fault the device in (line 7) and unmap it
     (line 9), timed beside."""
@@ -216,7 +216,7 @@ def bench_devdax(results: list[Result], size_gib: int) -> None:
     stmts = parse_text("<bench>", text)
     run = execute("<bench>", stmts)
     assert not run.failed
-    times = best_of([timed_statements(text) for _ in range(REPEATS)])
+    times = best_of([timed_statements(text) for _ in range(repeats)])
     issue = times[5] + times[6] + times[8]
     child = times[7] + times[9]
     peak = peak_growth(text)
@@ -270,7 +270,6 @@ def fuzz_rate(seeds: int, steps: int, ownership: bool) -> tuple[float, int]:
 
 
 def bench_fuzz(results: list[Result], seeds: int, steps: int) -> None:
-
     rate_on, done = fuzz_rate(seeds, steps, True)
     rate_off, _ = fuzz_rate(seeds, steps, False)
     peak = fuzz_peak_growth(0)
@@ -363,7 +362,7 @@ def run_bench(quick: bool, progress: Callable[[str], None] | None = None) -> lis
     bench_split(results, nsplit, pp, host, REPEATS)
     for size in (1, 64) if quick else (1, 64, 1024):
         step(f"devdax {size} GiB")
-        bench_devdax(results, size)
+        bench_devdax(results, size, REPEATS)
     step("fuzz")
     bench_fuzz(results, 8 if quick else 40, 100)
     step("scenario")

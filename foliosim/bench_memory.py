@@ -16,6 +16,7 @@ import os
 import resource
 import subprocess
 import sys
+from collections.abc import Callable
 from typing import Any
 
 
@@ -47,6 +48,15 @@ def peak_resident_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def _peak_growth_of(job: Callable[[], object]) -> dict[str, Any]:
+    """The peak resident growth while ``job`` runs (what it had to hold at its largest)."""
+    gc.collect()
+    reset_peak()
+    before = resident_bytes()
+    job()
+    return {"peak_growth": max(peak_resident_bytes() - before, 0)}
+
+
 def _child(mode: str, text: str) -> dict[str, Any]:
     from foliosim.gc_policy import collect_less
     from foliosim.scenario.runner import StmtResult, execute, run_statement
@@ -56,18 +66,10 @@ def _child(mode: str, text: str) -> dict[str, Any]:
         from foliosim.fuzz.engine import program_for, run_program
 
         lines = program_for(int(text), 100, None)
-        gc.collect()
-        reset_peak()
-        before = resident_bytes()
-        run_program(lines, None)
-        return {"peak_growth": max(peak_resident_bytes() - before, 0)}
+        return _peak_growth_of(lambda: run_program(lines, None))
     stmts = parse_text("<bench>", text)
     if mode == "peak":
-        gc.collect()
-        reset_peak()
-        before = resident_bytes()
-        execute("<bench>", stmts)
-        return {"peak_growth": max(peak_resident_bytes() - before, 0)}
+        return _peak_growth_of(lambda: execute("<bench>", stmts))
     # "last": the resident growth of the scenario's last statement, kept after it ran.
     run = execute("<bench>", stmts[:-1])
     gc.collect()
