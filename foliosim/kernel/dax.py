@@ -73,7 +73,8 @@ class DevPagemap:
         return None
 
     def folio_of(self, pfn: int) -> Folio:
-        """pfn_folio(): the folio containing pfn, created idle on first use."""
+        """pfn_folio() (include/linux/mm.h, 7.1.8): the folio containing pfn; the model
+        makes the device's struct pages lazily, so a folio is created idle on first use."""
         folio = self.folio_containing(pfn)
         if folio is not None:
             return folio

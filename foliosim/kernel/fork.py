@@ -95,7 +95,8 @@ def copy_page_range(k: Kernel, dst: VMA, src: VMA) -> None:
 
 
 def _copy_full_tables(k: Kernel, dst: VMA, src: VMA, full: list[int]) -> None:
-    """copy_pte_range() for consecutive tables every slot of which maps a page, in order:
+    """copy_pte_range() (mm/memory.c, 7.1.8) for consecutive tables every slot of which
+    maps a page, in order:
     runs of tables holding only pages held as arrays as blocks, the others one by one."""
     spt = src.mm.pgtables.pte_tables
     keep_exclusive = k.variant.cow_keeps_exclusive

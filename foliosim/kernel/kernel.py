@@ -244,7 +244,8 @@ class Kernel:
         return start
 
     def dax_wakeup(self, folio: Folio) -> None:
-        """wake_up_var() from free_zone_device_folio(): a waiting layout break may go on.
+        """wake_up_var() from free_zone_device_folio() (mm/memremap.c, 7.1.8): a waiting
+        layout break may go on.
 
         The waiter is another task: it runs once the statement that made the page idle is
         over (run_dax_waiters), not inside the put that woke it."""

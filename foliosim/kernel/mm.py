@@ -226,18 +226,21 @@ def _mergeable(a: VMA, b: VMA, page_shift: int) -> bool:
 
 
 def mm_counter_file(folio: Folio) -> int:
-    """mm_counter_file() (include/linux/mm.h): MM_SHMEMPAGES if swapbacked else MM_FILEPAGES."""
+    """mm_counter_file() (include/linux/mm.h, 7.1.8): MM_SHMEMPAGES if swapbacked, else
+    MM_FILEPAGES (the model has no swap entries, the other case of the kernel's)."""
     return 3 if folio.swapbacked else 0
 
 
 def mm_counter(folio: Folio) -> int:
-    """mm_counter(): MM_ANONPAGES for anon folios, else mm_counter_file()."""
+    """mm_counter() (include/linux/mm.h, 7.1.8): MM_ANONPAGES for anon folios, else
+    mm_counter_file()."""
     return MM_ANONPAGES if folio.anon else mm_counter_file(folio)
 
 
 def vma_page_prot_writable(vma: VMA) -> bool:
     """Whether vm_page_prot itself is writable: a shared writable mapping that does not want
-    write notification (vma_wants_writenotify() false: shmem, device-dax)."""
+    write notification (vma_wants_writenotify() in mm/mmap.c, 7.1.8, false: shmem,
+    device-dax; soft-dirty and uffd-wp, which would also want it, are not modelled)."""
     if not (vma.flags & VM.SHARED and vma.flags & VM.WRITE):
         return False
     return vma.file is not None and not vma.file.page_mkwrite

@@ -121,9 +121,10 @@ def zap_small_tables(
     batch: Gather,
     drop_markers: bool,
 ) -> None:
-    """zap_pte_range() over whole tables holding only pages held as arrays: each page
-    loses a mapcount (its reference with it), MM_ANONPAGES drops by the entries, the pages
-    whose last mapping this was go into the mmu_gather ``batch`` in table and slot order,
+    """zap_pte_range() (mm/memory.c, 7.1.8) over whole tables holding only pages held as
+    arrays, leaving out nothing the per-table path does for them: each page loses a
+    mapcount (its reference with it), MM_ANONPAGES drops by the entries, the pages whose
+    last mapping this was go into the mmu_gather ``batch`` in table and slot order,
     NR_ANON_MAPPED drops by them. munmap/exit free the tables; MADV_DONTNEED empties them."""
     pfns = block.pfns.ravel()
     if block.shared and not drop_markers:
@@ -162,8 +163,9 @@ def zap_small_tables(
 
 
 def copy_small_tables(k: Kernel, dst: VMA, src: VMA, block: Block, keep_exclusive: bool) -> bool:
-    """copy_pte_range() for whole tables of ``src`` holding only pages held as arrays, into
-    a child that has no table there yet: every page gains a mapcount (and reference) and
+    """copy_pte_range() -> copy_present_ptes() (mm/memory.c, 7.1.8) for whole tables of
+    ``src`` holding only pages held as arrays (none pinned: they have no pins), into a
+    child that has no table there yet: every page gains a mapcount (and reference) and
     loses AnonExclusive, the child's MM_ANONPAGES grows, a COW mapping's entries lose the
     write bit on both sides, the child's entries are old. False, with nothing done, when a
     page has no room for another mapcount (the per-table path makes it an object)."""
@@ -202,11 +204,12 @@ def copy_small_tables(k: Kernel, dst: VMA, src: VMA, block: Block, keep_exclusiv
 
 
 def fault_small_tables(k: Kernel, vma: VMA, first_pmd: int, count: int, written: bool) -> int:
-    """``count`` tables' worth of do_anonymous_page() write faults on PMD ranges that have
-    no table yet, each taking the order-0 path (the caller checked that no THP order may be
-    used): new pages held as arrays, exclusive, mapped young, dirty and (if the VMA is)
-    writable; MM_ANONPAGES and NR_ANON_MAPPED grow. Returns the pages mapped: 0 when memory
-    or anon_vma indexes run short (the caller then faults table by table and meets it)."""
+    """``count`` tables' worth of do_anonymous_page() (mm/memory.c, 7.1.8) write faults,
+    one per page as the kernel takes them, on PMD ranges that have no table yet, each taking
+    the order-0 path (the caller checked that no THP order may be used): new pages held as
+    arrays, exclusive, mapped young, dirty and (if the VMA is) writable; MM_ANONPAGES and
+    NR_ANON_MAPPED grow. Returns the pages mapped: 0 when memory or anon_vma indexes run
+    short (the caller then faults table by table and meets it)."""
 
     nr = k.geometry.ptrs_per_pte
     total = count * nr

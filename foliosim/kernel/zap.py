@@ -103,7 +103,8 @@ def _zap_full_tables(
     batch: Gather,
     drop_markers: bool,
 ) -> None:
-    """zap_pte_range() over consecutive tables every slot of which maps a page, in order:
+    """zap_pte_range() (mm/memory.c, 7.1.8) over consecutive tables every slot of which
+    maps a page, in order:
     runs of tables holding only pages held as arrays as blocks, the others one by one."""
     for group, block in table_blocks(k, full):
         if block is not None:
