@@ -49,6 +49,8 @@ class IncrementalChecker:
     def __init__(self, k: Kernel) -> None:
         self.k = k
         k.touched = set()  # start listening (see Kernel.touched)
+        # Page tables of these mms may predate the checker: their first look reads them whole.
+        self.mms_before = {mm.id for mm in k.live_mms()}
         self.tallies: dict[int, Tally] = defaultdict(Tally)
         self.folios: dict[int, Folio] = {}
         self.snapshots: dict[tuple[int, int], Snapshot] = {}
@@ -158,6 +160,7 @@ class IncrementalChecker:
         pgt.changed.clear()  # cleared in place: every table of the mm points at this set
         keys_now = set(pgt.pte_tables)
         known = self.known_keys.get(mm.id)
+        fresh = known is not None or mm.id not in self.mms_before
         if known is None:
             todo = keys_now
         else:
@@ -177,7 +180,10 @@ class IncrementalChecker:
                 if snap is not None:  # a table freed and allocated again: all new
                     self._forget(mm.id, snap, dirty)
                 snap = self.snapshots[key] = Snapshot(table)
-                lo, hi = 0, table.nr_slots
+                # A table that came since the last look started empty and noted every change
+                # in [lo, hi): only those slots can hold entries. Tables that were there
+                # before the checker started listening are read whole.
+                lo, hi = (table.lo, table.hi) if fresh else (0, table.nr_slots)
             else:
                 lo, hi = table.lo, table.hi
             table.lo, table.hi = table.nr_slots, 0
