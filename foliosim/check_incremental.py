@@ -26,7 +26,7 @@ from foliosim.check import (
     cache_refs,
     check_deposits,
 )
-from foliosim.kernel.pgtable import PTE_SPECIAL, PteTable
+from foliosim.kernel.pgtable import PTE_SPECIAL, PteTable, run_lengths
 from foliosim.kernel.physmem import GUP_PIN_COUNTING_BIAS, Folio
 from foliosim.kernel.smallpages import PAGE_SMALL_ANON, SMALL_EXCLUSIVE
 
@@ -536,12 +536,12 @@ def _group(
     idx = index[pos]
     brk = np.ones(pos.size, dtype=np.bool_)
     if pos.size > 1:
-        brk[1:] = (np.diff(pos) != 1) | (objs[1:] != objs[:-1]) | (np.diff(idx) != 1)
+        brk[1:] = (pos[1:] - pos[:-1] != 1) | (objs[1:] != objs[:-1]) | (idx[1:] - idx[:-1] != 1)
         if counters is not None:
             ctr = counters[pos]
             brk[1:] |= ctr[1:] != ctr[:-1]
     starts = np.flatnonzero(brk)
-    lengths = np.diff(np.append(starts, pos.size)).tolist()
+    lengths = run_lengths(starts, pos.size)
     heads = objs[starts].tolist()
     ctrs = [_rss_index(f) for f in heads] if counters is None else counters[pos[starts]].tolist()
     return list(zip(heads, idx[starts].tolist(), lengths, ctrs, strict=True))

@@ -63,6 +63,13 @@ class Leaf:
     deposited: bool = False
 
 
+def run_lengths(starts: np.ndarray[Any, Any], total: int) -> list[int]:
+    """Lengths of the runs that begin at ``starts`` (ascending) in a sequence of ``total``."""
+    bounds: list[int] = starts.tolist()
+    bounds.append(total)
+    return [b - a for a, b in zip(bounds, bounds[1:], strict=False)]
+
+
 class PteTable:
     """One page-table page of PTEs: per slot the pfn the entry maps (-1: no page) and its
     bits. page_folio() of the pfn (PhysMem.page_folio) gives the folio, pfn - folio.pfn the
@@ -286,9 +293,15 @@ class PteTable:
                 return []
         special = (self.bits[first:end][present] & PTE_SPECIAL) != 0
         brk = np.ones(present.size, dtype=np.bool_)
-        brk[1:] = (np.diff(present) != 1) | (np.diff(pfns) != 1) | (special[1:] != special[:-1])
+        # (Slices rather than np.diff/np.append: those wrappers cost more than the arithmetic
+        # on the short arrays most calls see.)
+        brk[1:] = (
+            (present[1:] - present[:-1] != 1)
+            | (pfns[1:] - pfns[:-1] != 1)
+            | (special[1:] != special[:-1])
+        )
         starts = np.flatnonzero(brk)
-        lengths = np.diff(np.append(starts, present.size)).tolist()
+        lengths = run_lengths(starts, present.size)
         page_folio = self.mem.page_folio
         if peek and self.mem.small.live:
             page_folio = self._peek_folio  # type: ignore[assignment]
