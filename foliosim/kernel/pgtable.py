@@ -14,6 +14,7 @@ hold no reference or mapcount.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,7 +68,7 @@ def run_lengths(starts: np.ndarray[Any, Any], total: int) -> list[int]:
     """Lengths of the runs that begin at ``starts`` (ascending) in a sequence of ``total``."""
     bounds: list[int] = starts.tolist()
     bounds.append(total)
-    return [b - a for a, b in zip(bounds, bounds[1:], strict=False)]
+    return [b - a for a, b in itertools.pairwise(bounds)]
 
 
 class PteTable:
