@@ -5,14 +5,15 @@ mm/shmem.c shmem_fault()/shmem_get_folio_gfp() of Linux 7.1.8 for what changes c
 
 - page cache (a filesystem with large-folio support, like ext4/xfs in 7.1): a miss reads
   around the faulting index (read_ahead_kb=128: ra_pages/2 before it, ra_pages in all) as
-  order-0 folios; with VM_HUGEPAGE, readahead allocates PMD-sized folios (ra->order =
-  HPAGE_PMD_ORDER) where the aligned range lies inside the file.
+  order-0 folios; with VM_HUGEPAGE, readahead caches two PMD-sized folios (ra->order =
+  HPAGE_PMD_ORDER), smaller ones towards EOF; a fault reaching a PG_readahead folio reads
+  the next window asynchronously with the order raised by two (kernel/readahead.py).
 - shmem: a fault on a hole allocates a zeroed folio; PMD-sized when the mount's huge=
   (always, within_size, advise + VM_HUGEPAGE) allows it and the aligned range fits the VMA.
 - fault-around maps the pages already cached in the fault_around_bytes window (clipped to
   the VMA and the page table), or the whole PMD if the folio there is PMD-sized.
 
-Left out: async readahead ramp-up, the mmap_miss heuristic, mTHP sizes for shmem/page cache
+Left out: the mmap_miss heuristic, mTHP sizes for shmem/page cache
 (hugepages-*/shmem_enabled), folio locking and writeback.
 """
 
@@ -25,6 +26,11 @@ from foliosim.kernel.files import filemap_add_folio
 from foliosim.kernel.mm import VM, mm_counter_file, vma_page_prot_writable
 from foliosim.kernel.pgtable import PTE_WRITE, PTE_YOUNG
 from foliosim.kernel.physmem import Folio
+from foliosim.kernel.readahead import (
+    mapping_max_folio_order,
+    page_cache_async_ra,
+    page_cache_ra_order,
+)
 
 if TYPE_CHECKING:
     from foliosim.kernel.files import BackingFile
@@ -60,61 +66,35 @@ def filemap_fault(
         if folio is None:
             return "SIGBUS"  # allocation failed: VM_FAULT_OOM
     elif folio.readahead and file.kind != "shmem":
-        page_cache_async_ra(k, file, folio)
+        page_cache_async_ra(k, file, folio, index)
         if allow_retry:
             return "retry"
     k.folio_get(folio)
     return folio, index - folio.index
 
 
-def page_cache_async_ra(k: Kernel, file: BackingFile, folio: Folio) -> None:
-    """do_async_mmap_readahead() -> page_cache_async_ra() (mm/filemap.c, mm/readahead.c,
-    7.1.8): clear PG_readahead and read the next window (get_next_ra_size: with a full-size
-    window of ra_pages the next is ra_pages again, all of it async, so its first page is
-    marked)."""
-    k.enter("page_cache_async_ra")
-    folio.readahead = False
-    start, size, _ = file.ra_window
-    ra = k.policy.read_ahead_pages
-    new_size = 4 * size if size < ra // 16 else (2 * size if size <= ra // 2 else ra)
-    new_size = min(max(new_size, 1), ra)
-    _read_window(k, file, start + size, new_size, new_size)
-
-
 def page_cache_sync_readahead(k: Kernel, file: BackingFile, vma: VMA, index: int) -> None:
-    """do_sync_mmap_readahead() (mm/filemap.c, 7.1.8) for an uncached index."""
+    """do_sync_mmap_readahead() (mm/filemap.c, 7.1.8) for an uncached index. With
+    VM_HUGEPAGE (and THP): two PMD-sized folios from the aligned index, the second marked
+    PG_readahead (ra->size = 2 * HPAGE_PMD_NR, async_size = HPAGE_PMD_NR, ra->order =
+    HPAGE_PMD_ORDER), smaller folios towards EOF. Otherwise mmap read-around: ra_pages
+    centred on the fault as order-0 folios, the last quarter async (its first page marked).
+    Both go through page_cache_ra_order(); VM_RAND_READ, VM_SEQ_READ and VM_EXEC (no
+    MADV_RANDOM/SEQUENTIAL in the model) and the mmap_miss heuristic are left out."""
     k.enter("do_sync_mmap_readahead")
-    end = file.size_pages(k.page_shift)
     pmd_order = k.geometry.pmd_order
-    if vma.flags & VM.HUGEPAGE and k.config.enabled("TRANSPARENT_HUGEPAGE"):
+    if (
+        vma.flags & VM.HUGEPAGE
+        and k.config.enabled("TRANSPARENT_HUGEPAGE")
+        and pmd_order <= mapping_max_folio_order(k)
+    ):
         nr = 1 << pmd_order
-        start = index & ~(nr - 1)
-        if start + nr <= end and all(file.find_folio(i) is None for i in range(start, start + nr)):
-            folio = k.alloc_folio(pmd_order)
-            if folio is not None:
-                folio.refcount -= 1  # the allocation reference is handed to the page cache
-                filemap_add_folio(k, file, folio, start)
-                return
-    # mmap read-around: ra_pages centred on the fault, a quarter of it async (PG_readahead).
+        page_cache_ra_order(k, file, index & ~(nr - 1), 2 * nr, nr, pmd_order)
+        return
     ra = k.policy.read_ahead_pages
-    _read_window(k, file, max(0, index - ra // 2), ra, ra // 4)
-
-
-def _read_window(k: Kernel, file: BackingFile, start: int, size: int, async_size: int) -> None:
-    """page_cache_ra_order() for order 0: cache the missing pages of [start, start+size)
-    below EOF and mark the page at start + size - async_size PG_readahead."""
-    end = file.size_pages(k.page_shift)
-    file.ra_window = (start, size, async_size)
-    mark = start + size - async_size
-    for i in range(start, min(start + size, end)):
-        if file.find_folio(i) is None:
-            folio = k.alloc_folio(0)
-            if folio is None:
-                return
-            folio.refcount -= 1
-            filemap_add_folio(k, file, folio, i)
-            if i == mark and async_size:
-                folio.readahead = True
+    if not ra:
+        return
+    page_cache_ra_order(k, file, max(0, index - ra // 2), ra, ra // 4, 0)
 
 
 def shmem_huge_allowed(k: Kernel, file: BackingFile, vma: VMA | None, index: int) -> bool:

@@ -32,6 +32,7 @@ class BackingFile:
     page_mkwrite: bool = True
     # file_ra_state of the (single) opener: start, size, async_size of the last window.
     ra_window: tuple[int, int, int] = (0, 0, 0)
+    ra_order: int = 0  # file_ra_state.order: the folio order the last window used
 
     def size_pages(self, page_shift: int) -> int:
         return (self.size + (1 << page_shift) - 1) >> page_shift
