@@ -179,12 +179,15 @@ def split_file_folio(k: Kernel, folio: Folio, at: int, uniform: bool = False) ->
     split_folio(), every page its own folio.
 
     Refused (None, THP_SPLIT_PAGE_FAILED for PMD-sized folios) when the folio holds
-    references beyond the page cache's and its mappings' (a pin). PMD mappings are dropped
-    (file PMDs are not remapped by PTEs: they refault); PTE mappings move to the new folios,
-    which each hold their own page-cache references. Left out: writeback, mlock, swapcache.
+    references beyond the page cache's and its mappings' (a pin). Every mapping goes:
+    unmap_folio() uses try_to_unmap() on file folios (a dirty PTE dirties the folio, the
+    mm's file/shmem RSS drops), and remap_page() restores only anonymous ones, so the new
+    folios, each holding its own page-cache references, are refaulted on the next access.
+    Left out: writeback, mlock, swapcache.
     """
     from foliosim.kernel.files import BackingFile
-    from foliosim.kernel.pgtable import PTE_DIRTY, PTE_WRITE, PTE_YOUNG
+    from foliosim.kernel.mm import mm_counter_file
+    from foliosim.kernel.pgtable import PTE_DIRTY
 
     k.enter("folio_split")
     file = folio.mapping
@@ -198,13 +201,15 @@ def split_file_folio(k: Kernel, folio: Folio, at: int, uniform: bool = False) ->
     if _refuse_split(k, folio, folio.nr_pages + folio.folio_mapcount()):
         return None
     _unmap_folio_pmds(k, folio)
-    saved = []
-    for ref in k.rmap_walk(folio):
+    counter = mm_counter_file(folio)
+    for ref in k.rmap_walk(folio):  # try_to_unmap_one() for each PTE mapping
         assert ref.table is not None
         vma = _vma_at(k, ref.mm, ref.addr)
-        saved.append((ref, vma, int(ref.table.bits[ref.slot])))
+        if ref.table.bits[ref.slot] & PTE_DIRTY:
+            folio.dirty = True
         rmap.folio_remove_rmap_ptes(k, folio, ref.page, 1, vma)
         ref.table.clear(ref.slot)
+        ref.mm.rss[counter] -= 1
         folio.refcount -= 1
     del file.cache[folio.index]
     if folio.order == pmd_order:
@@ -233,13 +238,6 @@ def split_file_folio(k: Kernel, folio: Folio, at: int, uniform: bool = False) ->
         file.orders.add(order)
         k.touched.add(piece)
         pieces.append(piece)
-    for ref, vma, bits in saved:
-        piece = next(p for p in pieces if p.index <= folio.index + ref.page < p.index + p.nr_pages)
-        page = folio.index + ref.page - piece.index
-        piece.refcount += 1
-        rmap.folio_add_file_rmap_ptes(k, piece, page, 1, vma)
-        assert ref.table is not None
-        ref.table.set(ref.slot, piece, page, bits & (PTE_WRITE | PTE_DIRTY | PTE_YOUNG))
     if folio.order == pmd_order:
         k.vmstat.count_event("thp_split_page")
     return pieces
