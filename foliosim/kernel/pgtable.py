@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from foliosim.kernel.physmem import Folio, PhysMem
+from foliosim.kernel.physmem import PAGE_OBJECT, PAGE_ORDER_MASK, Folio, PhysMem
 
 # PTE bits (the model's own encoding).
 PTE_WRITE = 1
@@ -62,6 +62,10 @@ class Leaf:
     # A page table deposited with this PMD (pgtable_trans_huge_deposit): anon THP and the
     # anonymous huge zero PMD on x86-64; never for PUDs.
     deposited: bool = False
+
+
+# From this many present entries on, runs() finds folio heads with NumPy (see there).
+_HEADS_FROM = 32
 
 
 def run_lengths(starts: np.ndarray[Any, Any], total: int) -> list[int]:
@@ -301,19 +305,41 @@ class PteTable:
             | (pfns[1:] - pfns[:-1] != 1)
             | (special[1:] != special[:-1])
         )
+        mem = self.mem
+        heads: list[int] | None = None
+        if present.size >= _HEADS_FROM:
+            # Many entries (a whole table of order-0 page-cache folios, say): find each RAM
+            # page's folio head at once from the memmap state and cut the runs where it
+            # changes, instead of cutting them folio by folio below. Other pages (device
+            # memory, pages held as arrays, free or leaked ones) keep head -1: page_folio()
+            # and the cut below deal with them, so the runs are the same either way.
+            state = np.take(mem.state, pfns, mode="clip")
+            is_object = (pfns < mem.ram_pages) & ((state & PAGE_OBJECT) != 0)
+            order = (state & PAGE_ORDER_MASK).astype(np.int64)
+            head = np.where(is_object, pfns & -(np.int64(1) << order), -1)
+            brk[1:] |= head[1:] != head[:-1]
         starts = np.flatnonzero(brk)
         lengths = run_lengths(starts, present.size)
-        page_folio = self.mem.page_folio
-        if peek and self.mem.small.live:
+        if present.size >= _HEADS_FROM:
+            heads = head[starts].tolist()
+        page_folio = mem.page_folio
+        if peek and mem.small.live:
             page_folio = self._peek_folio  # type: ignore[assignment]
+        folios = mem.folios
         out: list[tuple[int, int, Folio, int, bool]] = []
-        for slot, nr, pfn, spec in zip(
-            (present[starts] + first).tolist(),
-            lengths,
-            pfns[starts].tolist(),
-            special[starts].tolist(),
-            strict=True,
+        for i, (slot, nr, pfn, spec) in enumerate(
+            zip(
+                (present[starts] + first).tolist(),
+                lengths,
+                pfns[starts].tolist(),
+                special[starts].tolist(),
+                strict=True,
+            )
         ):
+            if heads is not None and heads[i] >= 0:  # one folio object: the whole run
+                folio = folios[heads[i]]
+                out.append((slot, nr, folio, pfn - folio.pfn, spec))
+                continue
             # Consecutive pfns may cross into the next folio: cut the run at each folio's end.
             while True:
                 folio = page_folio(pfn, self, slot)
