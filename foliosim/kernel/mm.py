@@ -180,13 +180,16 @@ class MM:
 
     def try_merge(self, vma: VMA, page_shift: int) -> VMA:
         """vma_merge_existing_range() in spirit: merge vma with adjacent compatible VMAs
-        (same flags, file, contiguous pgoff, compatible anon_vma)."""
+        (same flags but the sticky ones, file, contiguous pgoff, compatible anon_vma). The
+        sticky flags (VMA_STICKY_FLAGS, mm/vma.c 7.1.8: VM_MAYBE_GUARD) of every VMA merged
+        stay on the result."""
         i = self._index(vma)
         if i + 1 < len(self.vmas):
             nxt = self.vmas[i + 1]
             if _mergeable(vma, nxt, page_shift):
                 vma.end = nxt.end
                 vma.anon_vma = vma.anon_vma or nxt.anon_vma
+                vma.flags |= nxt.flags & VM_STICKY
                 del self.vmas[i + 1]
                 del self._starts[i + 1]
         if i > 0:
@@ -194,6 +197,7 @@ class MM:
             if _mergeable(prev, vma, page_shift):
                 prev.end = vma.end
                 prev.anon_vma = prev.anon_vma or vma.anon_vma
+                prev.flags |= vma.flags & VM_STICKY
                 del self.vmas[i]
                 del self._starts[i]
                 vma = prev
@@ -215,8 +219,13 @@ class MM:
         return candidate if candidate >= low else None
 
 
+# VMA_STICKY_FLAGS, which VMA_IGNORE_MERGE_FLAGS leaves out of the merge test (mm/vma.c,
+# include/linux/mm.h, 7.1.8; soft-dirty is not modelled).
+VM_STICKY = VM.MAYBE_GUARD
+
+
 def _mergeable(a: VMA, b: VMA, page_shift: int) -> bool:
-    if a.end != b.start or a.flags != b.flags or a.file is not b.file:
+    if a.end != b.start or (a.flags ^ b.flags) & ~VM_STICKY or a.file is not b.file:
         return False
     if a.file is not None and a.pgoff + ((a.end - a.start) >> page_shift) != b.pgoff:
         return False
