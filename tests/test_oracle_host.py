@@ -38,6 +38,7 @@ SAMPLE = (
     "35-shmem-huge-always-fault.fsim",
     "42-pagecache-filled-read.fsim",
     "48-guard-regions.fsim",
+    "81-shmem-mapping-left-alone-by-khugepaged.fsim",
 )
 
 
@@ -57,6 +58,21 @@ def test_sample_agrees_on_this_kernel() -> None:
             assert not result.expect_failures, [r.as_dict() for r in result.expect_failures]
             assert any(r.status == "agree" for r in result.rows)
     assert snapshot() == before  # THP sysfs restored
+
+
+@needs_host
+def test_khugepaged_parker_lives_for_the_run() -> None:
+    """The parked process (sysfs.KhugepagedParker) keeps an mm on khugepaged's list while
+    the settings are held, answers a re-registration, and is gone afterwards."""
+    with HostSettings() as settings:
+        proc = settings.parker.proc
+        assert proc is not None and proc.poll() is None
+        settings.apply("madvise", {})
+        assert proc.poll() is None
+        status = Path(f"/proc/{proc.pid}/status").read_text()
+        assert "VmRSS" in status
+    assert proc.poll() is not None
+    assert settings.parker.proc is None
 
 
 @needs_host

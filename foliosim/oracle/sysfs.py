@@ -4,7 +4,13 @@ Everything the oracle writes under /sys is snapshotted first and written back on
 (``HostSettings`` is a context manager; restore runs from ``finally``). khugepaged cannot be
 stopped while THP is enabled, so it is slowed down to one tiny pass a day: writing
 scan_sleep_millisecs wakes it for one pass right away, which happens before any scenario
-process exists.
+process exists. The day's sleep only holds while khugepaged has work: with no mm on its
+list it waits for the first one to register instead (khugepaged_wait_work ->
+khugepaged_wait_event, mm/khugepaged.c) and scans at once, collapsing a scenario's shmem
+or anonymous ranges behind the model's back (host-fuzz seed 6098: a 4M huge=always shmem
+mapping registered the mm and khugepaged collapsed the file under a 64K mapping). So a
+parked helper process keeps one registered mm on the list for the whole run
+(``KhugepagedParker``).
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ import fcntl
 import os
 import platform
 import re
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -112,6 +120,70 @@ def _write(path: str | Path, value: str) -> None:
         f.write(value)
 
 
+# The parked process: an anonymous mapping with a page faulted in (an anon_vma, which
+# khugepaged_enter_vma() needs) and MADV_HUGEPAGE (14), registered again on each line read
+# (after `enabled` changes), until stdin closes.
+_PARKER = """
+import ctypes, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                      ctypes.c_int, ctypes.c_long]
+libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+def register():
+    addr = libc.mmap(None, 4 << 20, 3, 0x22, -1, 0)
+    ctypes.memset(addr, 1, 1)
+    libc.madvise(addr, 4 << 20, 14)
+register()
+print("ready", flush=True)
+for _ in sys.stdin:
+    register()
+    print("ready", flush=True)
+"""
+
+
+class KhugepagedParker:
+    """A helper process whose mm stays on khugepaged's list (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen[str] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _PARKER],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self._wait_ready()
+
+    def register_again(self) -> None:
+        """After THP `enabled` changed: khugepaged_enter_vma() registers only when THP is
+        allowed, and a stopped khugepaged may have let the mm go."""
+        if self.proc is None or self.proc.stdin is None:
+            return
+        self.proc.stdin.write("again\n")
+        self.proc.stdin.flush()
+        self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        self.proc.stdout.readline()
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        with contextlib.suppress(OSError):
+            if self.proc.stdin is not None:
+                self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+
 @dataclass
 class HostSettings:
     """Set THP sysfs for a scenario (and the disk's read-ahead) and always restore it."""
@@ -120,6 +192,7 @@ class HostSettings:
     readahead_path: Path | None = None
     saved: dict[str, str] = field(default_factory=dict)
     lock: IO[str] | None = None
+    parker: KhugepagedParker = field(default_factory=KhugepagedParker)
 
     def __enter__(self) -> HostSettings:
         LOCK_PATH.touch(exist_ok=True)
@@ -129,6 +202,7 @@ class HostSettings:
         if self.readahead_path is not None and self.readahead_kb is not None:
             self.saved[str(self.readahead_path)] = self.readahead_path.read_text().strip()
         try:
+            self.parker.start()  # registered before the pass the writes below start
             for name, value in QUIET_KHUGEPAGED.items():
                 _write(KHUGEPAGED / name, value)
             if self.readahead_path is not None and self.readahead_kb is not None:
@@ -149,6 +223,7 @@ class HostSettings:
             applied[str(path)] = read_choice(path)
 
         put(THP / "enabled", thp)
+        self.parker.register_again()
         put(THP / "shmem_enabled", "never")
         put(THP / "use_zero_page", "1")
         for size, d in sorted(mthp_sizes().items()):
@@ -159,6 +234,7 @@ class HostSettings:
         return applied
 
     def restore(self) -> None:
+        self.parker.stop()
         # mTHP sizes first, so `enabled` is written last with everything else in place.
         for path, value in sorted(self.saved.items(), key=lambda kv: kv[0].endswith("/enabled")):
             with contextlib.suppress(OSError):
