@@ -95,8 +95,16 @@ def table_blocks(k: Kernel, full: list[tuple[int, PteTable]]) -> list[Group]:
         pfns, bits = view
     else:
         pfns, bits = np.stack([t.pfn for _, t in full]), None
-    mask = np.take(k.physmem.state, pfns, mode="clip") & PAGE_SMALL_ANON
-    held: list[bool] = np.asarray(mask.all(axis=1)).tolist()
+    state = k.physmem.state
+    lo, hi = int(pfns.min()), int(pfns.max()) + 1
+    held: list[bool]
+    if hi - lo <= pfns.size and hi <= state.shape[0] and (state[lo:hi] & PAGE_SMALL_ANON).all():
+        # Every entry's pfn lies in [lo, hi) and every page there is held as arrays (what a
+        # block faulted at once leaves): all tables qualify, without gathering the states.
+        held = [True] * len(full)
+    else:
+        mask = np.take(state, pfns, mode="clip") & PAGE_SMALL_ANON
+        held = np.asarray(mask.all(axis=1)).tolist()
     groups: list[Group] = []
     start = 0
     for i in range(1, len(full) + 1):
