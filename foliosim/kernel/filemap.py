@@ -77,8 +77,9 @@ def page_cache_sync_readahead(k: Kernel, file: BackingFile, vma: VMA, index: int
     """do_sync_mmap_readahead() (mm/filemap.c, 7.1.8) for an uncached index. With
     VM_HUGEPAGE (and THP): two PMD-sized folios from the aligned index, the second marked
     PG_readahead (ra->size = 2 * HPAGE_PMD_NR, async_size = HPAGE_PMD_NR, ra->order =
-    HPAGE_PMD_ORDER), smaller folios towards EOF. Otherwise mmap read-around: ra_pages
-    centred on the fault as order-0 folios, the last quarter async (its first page marked).
+    HPAGE_PMD_ORDER; ra->start is not updated), smaller folios towards EOF. Otherwise mmap
+    read-around: ra_pages centred on the fault as order-0 folios, the last quarter async
+    (its first page marked).
     Both go through page_cache_ra_order(); VM_RAND_READ, VM_SEQ_READ and VM_EXEC (no
     MADV_RANDOM/SEQUENTIAL in the model) and the mmap_miss heuristic are left out."""
     k.enter("do_sync_mmap_readahead")
@@ -89,7 +90,8 @@ def page_cache_sync_readahead(k: Kernel, file: BackingFile, vma: VMA, index: int
         and pmd_order <= mapping_max_folio_order(k)
     ):
         nr = 1 << pmd_order
-        page_cache_ra_order(k, file, index & ~(nr - 1), 2 * nr, nr, pmd_order)
+        # ra->start is left as it was: a later async step compares the fault with it.
+        page_cache_ra_order(k, file, index & ~(nr - 1), 2 * nr, nr, pmd_order, file.ra_window[0])
         return
     ra = k.policy.read_ahead_pages
     if not ra:

@@ -51,15 +51,23 @@ def _range_cached(file: BackingFile, index: int, nr: int) -> bool:
 
 
 def page_cache_ra_order(
-    k: Kernel, file: BackingFile, start: int, size: int, async_size: int, order: int
+    k: Kernel,
+    file: BackingFile,
+    start: int,
+    size: int,
+    async_size: int,
+    order: int,
+    ra_start: int | None = None,
 ) -> None:
     """page_cache_ra_order() (mm/readahead.c, 7.1.8): cache [start, start+size) below EOF as
     folios of the window's order (at most the mapping's maximum and ilog2(size)), smaller
     where the index is not aligned to it or EOF is nearer; the folio holding ``start + size
     - async_size`` is marked PG_readahead. A cached page in a folio's range (-EEXIST) or a
     failed allocation ends the loop and do_page_cache_ra() reads the rest as order-0 folios.
-    The window, and the order used, are kept in the file's ra state."""
-    file.ra_window = (start, size, async_size)
+    The window, and the order used, are kept in the file's ra state, whose start is
+    ``ra_start`` when the caller left ra->start alone (``start`` is the readahead_control's
+    index, where reading begins)."""
+    file.ra_window = (start if ra_start is None else ra_start, size, async_size)
     eof = file.size_pages(k.page_shift)
     if not eof or size <= 0:
         return
