@@ -251,20 +251,25 @@ def _check_folio(k: Kernel, f: Folio, t: Tally, gets: int) -> list[Violation]:
         if t.pmds and t.puds:
             bad("pud-and-pmd", "folio mapped by both PUD and PMD entries")
         if k.config.page_mapcount:
-            per_page = t.ptes if t.ptes is not None else np.zeros(f.nr_pages, dtype=np.int64)
-            actual = (
-                f.page_mapcounts
-                if f.page_mapcounts is not None
-                else np.zeros(f.nr_pages, dtype=np.int32)
-            )
-            if per_page.shape != actual.shape or (per_page != actual).any():
-                first = int(np.flatnonzero(per_page != actual)[0])
-                bad(
-                    "page_mapcount",
-                    f"page {first}: mapcount {int(actual[first])} != {int(per_page[first])} PTEs",
-                )
             entire = ENTIRELY_MAPPED if t.pmds + t.puds else 0
-            expect_raw = np.count_nonzero(per_page > 0) + entire
+            if t.ptes is None and f.page_mapcounts is None:
+                expect_raw = entire  # no PTE tallied and no per-page mapcount: nothing to compare
+            else:
+                per_page = t.ptes if t.ptes is not None else np.zeros(f.nr_pages, dtype=np.int64)
+                actual = (
+                    f.page_mapcounts
+                    if f.page_mapcounts is not None
+                    else np.zeros(f.nr_pages, dtype=np.int32)
+                )
+                # (np.count_nonzero is C; ndarray.any() goes through a Python wrapper.)
+                if per_page.shape != actual.shape or np.count_nonzero(per_page != actual):
+                    first = int(np.flatnonzero(per_page != actual)[0])
+                    bad(
+                        "page_mapcount",
+                        f"page {first}: mapcount {int(actual[first])} != "
+                        f"{int(per_page[first])} PTEs",
+                    )
+                expect_raw = int(np.count_nonzero(per_page > 0)) + entire
             if f.nr_pages_mapped_raw != expect_raw:
                 bad(
                     "nr_pages_mapped",
@@ -314,7 +319,7 @@ def _check_anon(k: Kernel, f: Folio, t: Tally, bad: Callable[[str, str], None]) 
         if exclusive is not None and exclusive[0] and t.pte_total > 1:
             bad("anon-exclusive", f"page 0 is AnonExclusive but mapped {t.pte_total} times")
         return
-    if exclusive is not None and exclusive.any():
+    if exclusive is not None and np.count_nonzero(exclusive):
         per_page = t.ptes if t.ptes is not None else np.zeros(f.nr_pages, dtype=np.int64)
         if f.large and (t.pmds or t.puds):
             if exclusive[0] and t.pmds + t.puds + int(per_page[0]) > 1:
