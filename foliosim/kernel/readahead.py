@@ -71,9 +71,14 @@ def page_cache_ra_order(
     eof = file.size_pages(k.page_shift)
     if not eof or size <= 0:
         return
+    max_order = mapping_max_folio_order(k)
+    if not max_order:  # !mapping_large_folio_support(): ra->order = 0, straight to fallback
+        file.ra_order = 0
+        do_page_cache_ra(k, file, start, size, async_size)
+        return
     limit = min(eof - 1, start + size - 1)
     mark = start + size - async_size
-    new_order = max(min(mapping_max_folio_order(k), order, size.bit_length() - 1), 0)
+    new_order = max(min(max_order, order, size.bit_length() - 1), 0)
     file.ra_order = new_order
     index = start
     failed = False
