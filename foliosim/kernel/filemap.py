@@ -128,7 +128,7 @@ def shmem_alloc_and_add_folio(
     if shmem_huge_allowed(k, file, vma, index):
         start = index & ~(nr - 1)
         fits = vma is None or _huge_range_fits(k, vma, addr, pmd_order)
-        if fits and all(file.find_folio(i) is None for i in range(start, start + nr)):
+        if fits and not file.range_cached(start, nr):
             folio = k.alloc_folio(pmd_order)
             if folio is not None:
                 k.vmstat.count_event("thp_file_alloc")

@@ -48,6 +48,11 @@ class BackingFile:
                 return folio
         return None
 
+    def range_cached(self, index: int, nr: int) -> bool:
+        """Whether any page of [index, index+nr) is cached (what makes filemap_add_folio()
+        of a folio over that range fail with -EEXIST)."""
+        return any(self.find_folio(i) is not None for i in range(index, index + nr))
+
 
 def filemap_add_folio(k: Kernel, file: BackingFile, folio: Folio, index: int) -> None:
     """filemap_add_folio()/shmem_add_to_page_cache() (7.1.8): the cache takes nr_pages

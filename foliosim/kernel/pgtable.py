@@ -306,7 +306,7 @@ class PteTable:
             | (special[1:] != special[:-1])
         )
         mem = self.mem
-        heads: list[int] | None = None
+        head: np.ndarray[Any, Any] | None = None
         if present.size >= _HEADS_FROM:
             # Many entries (a whole table of order-0 page-cache folios, say): find each RAM
             # page's folio head at once from the memmap state and cut the runs where it
@@ -320,8 +320,7 @@ class PteTable:
             brk[1:] |= head[1:] != head[:-1]
         starts = np.flatnonzero(brk)
         lengths = run_lengths(starts, present.size)
-        if present.size >= _HEADS_FROM:
-            heads = head[starts].tolist()
+        heads: list[int] | None = None if head is None else head[starts].tolist()
         page_folio = mem.page_folio
         if peek and mem.small.live:
             page_folio = self._peek_folio  # type: ignore[assignment]

@@ -46,10 +46,6 @@ def get_next_ra_size(size: int, max_pages: int) -> int:
     return max_pages
 
 
-def _range_cached(file: BackingFile, index: int, nr: int) -> bool:
-    return any(file.find_folio(i) is not None for i in range(index, index + nr))
-
-
 def page_cache_ra_order(
     k: Kernel,
     file: BackingFile,
@@ -89,7 +85,7 @@ def page_cache_ra_order(
         while folio_order > 0 and index + (1 << folio_order) - 1 > limit:
             folio_order -= 1
         nr = 1 << folio_order
-        if _range_cached(file, index, nr):
+        if file.range_cached(index, nr):
             failed = True
             break
         folio = k.alloc_folio(folio_order)
