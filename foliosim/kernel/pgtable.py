@@ -151,6 +151,41 @@ class PteTable:
         table.bump()
         return table
 
+    @classmethod
+    def rows_of_block(
+        cls,
+        mem: PhysMem,
+        pgt: PageTables,
+        pmd_nos: list[int],
+        block: tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]],
+    ) -> None:
+        """from_arrays() for every row of ``block``, each full (every slot maps a page),
+        entered into ``pgt`` at the PMD numbers ``pmd_nos`` (one per row, in row order): the
+        tables made by one batch fault or fork (kernel/pte_batch.py) without a Python call per
+        table, which is most of that path's cost for 512 tables."""
+        pfns, bits = block
+        nr = int(pfns.shape[1])
+        changed, owner, new = pgt.changed, pgt.mm, cls.__new__
+        made = []
+        for row, (pmd_no, pfn_row, bits_row) in enumerate(zip(pmd_nos, pfns, bits, strict=True)):
+            table = new(cls)
+            table.pmd_no = pmd_no
+            table.mem = mem
+            table.owner = owner
+            table.version = 1  # one bump(): every slot changed
+            table.changed = changed
+            table.lo = 0
+            table.hi = nr
+            table.pfn = pfn_row
+            table.bits = bits_row
+            table.present = nr
+            table.block = block
+            table.row = row
+            made.append(table)
+        pgt.pte_tables.update(zip(pmd_nos, made, strict=True))
+        if changed is not None:
+            changed.update(made)
+
     @property
     def nr_slots(self) -> int:
         return int(self.pfn.shape[0])

@@ -63,6 +63,9 @@ class Block:
     pfns: np.ndarray[Any, Any]
     bits: np.ndarray[Any, Any] | None
     shared: bool
+    # pfn_span(pfns) when table_blocks() already knows it (a block of all the tables over
+    # one range of pfns), else None: then the users work it out.
+    span: tuple[int, int] | None = None
 
 
 Group = tuple[list[tuple[int, PteTable]], Block | None]
@@ -98,10 +101,13 @@ def table_blocks(k: Kernel, full: list[tuple[int, PteTable]]) -> list[Group]:
     state = k.physmem.state
     lo, hi = int(pfns.min()), int(pfns.max()) + 1
     held: list[bool]
+    whole: tuple[int, int] | None = None  # pfn_span() of a block of all the tables
     if hi - lo <= pfns.size and hi <= state.shape[0] and (state[lo:hi] & PAGE_SMALL_ANON).all():
         # Every entry's pfn lies in [lo, hi) and every page there is held as arrays (what a
         # block faulted at once leaves): all tables qualify, without gathering the states.
         held = [True] * len(full)
+        if hi - lo == pfns.size:  # distinct pfns (one mapping per mm) filling the range
+            whole = (lo, hi)
     else:
         mask = np.take(state, pfns, mode="clip") & PAGE_SMALL_ANON
         held = np.asarray(mask.all(axis=1)).tolist()
@@ -113,7 +119,8 @@ def table_blocks(k: Kernel, full: list[tuple[int, PteTable]]) -> list[Group]:
         run = full[start:i]
         if held[start] and len(run) >= MIN_BLOCK:
             rows_bits = None if bits is None else bits[start:i]
-            groups.append((run, Block(run, pfns[start:i], rows_bits, view is not None)))
+            span = whole if len(run) == len(full) else None
+            groups.append((run, Block(run, pfns[start:i], rows_bits, view is not None, span)))
         elif groups and groups[-1][1] is None:
             groups[-1][0].extend(run)
         else:
@@ -138,7 +145,7 @@ def zap_small_tables(
     if block.shared and not drop_markers:
         pfns = pfns.copy()  # the tables are cleared below; the batch keeps these
     mapcount = k.physmem.small.mapcount
-    span = pfn_span(pfns)
+    span = block.span or pfn_span(pfns)
     if span is not None:
         counts = mapcount[span[0] : span[1]]
         counts -= 1
@@ -180,7 +187,7 @@ def copy_small_tables(k: Kernel, dst: VMA, src: VMA, block: Block, keep_exclusiv
     pfns = block.pfns.copy() if block.shared else block.pfns  # the child's own entries
     flat = pfns.ravel()
     mem = k.physmem
-    span = pfn_span(flat)
+    span = block.span or pfn_span(flat)
     pages: slice | np.ndarray[Any, Any] = flat if span is None else slice(*span)
     if int(mem.small.mapcount[pages].max()) >= MAX_SMALL_MAPCOUNT:
         return False
@@ -200,13 +207,7 @@ def copy_small_tables(k: Kernel, dst: VMA, src: VMA, block: Block, keep_exclusiv
     bits = parent_bits & CLEAR_YOUNG
     if k.touched_small is not None:
         k.touched_small.append(flat)
-    dpgt = dst.mm.pgtables
-    nr = pfns.shape[1]
-    rows = (pfns, bits)
-    for i, (pmd_no, _) in enumerate(block.tables):
-        dpgt.pte_tables[pmd_no] = PteTable.from_arrays(
-            mem, dpgt.changed, pmd_no, dpgt.mm, pfns[i], bits[i], nr, rows, i
-        )
+    PteTable.rows_of_block(mem, dst.mm.pgtables, [n for n, _ in block.tables], (pfns, bits))
     dst.mm.rss[MM_ANONPAGES] += int(flat.shape[0])
     return True
 
@@ -235,15 +236,10 @@ def fault_small_tables(k: Kernel, vma: VMA, first_pmd: int, count: int, written:
         PTE_YOUNG | PTE_DIRTY | (PTE_WRITE if vma.flags & VM.WRITE else 0),
         dtype=np.uint8,
     )
-    rows = pfns.reshape(count, nr)
-    block = (rows, bits)
-    pgt = vma.mm.pgtables
-    for i in range(count):
+    for _ in range(count):
         k.enter("do_anonymous_page")  # once per table, as the per-table path
-        pmd_no = first_pmd + i
-        pgt.pte_tables[pmd_no] = PteTable.from_arrays(
-            mem, pgt.changed, pmd_no, pgt.mm, rows[i], bits[i], nr, block, i
-        )
+    pmd_nos = list(range(first_pmd, first_pmd + count))
+    PteTable.rows_of_block(mem, vma.mm.pgtables, pmd_nos, (pfns.reshape(count, nr), bits))
     if k.touched_small is not None:
         k.touched_small.append(pfns)
     k.vmstat.count_event("pgfault", total)
