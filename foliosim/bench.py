@@ -12,6 +12,7 @@ per-page model is benchmarks/perpage.py of a source checkout
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -286,6 +287,26 @@ def bench_fuzz(results: list[Result], seeds: int, steps: int) -> None:
     )
 
 
+def bench_fuzz_parallel(results: list[Result], programs: int, steps: int) -> None:
+    """The campaign as `foliosim fuzz --jobs N` runs it, one worker process per CPU: what a
+    user fuzzing on this machine gets. Its time includes starting the workers."""
+    from foliosim.fuzz.campaign import campaign
+
+    jobs = max(1, os.cpu_count() or 1)
+    summary = campaign(None, 0, programs, steps, jobs=jobs)
+    rate = summary.steps_per_second
+    results.append(
+        Result(
+            f"fuzz steps/s, all invariants, {jobs} processes",
+            f"{summary.steps} steps",
+            model_s=summary.steps / rate if rate else None,
+            note=f"{rate:.0f} steps/s (foliosim fuzz --jobs {jobs}); "
+            f"{len(summary.findings)} findings",
+            extra={"steps_per_s": rate, "jobs": jobs},
+        )
+    )
+
+
 def bench_scenario(results: list[Result], statements: int) -> None:
     text = long_scenario(statements)
     start = time.perf_counter()
@@ -365,6 +386,7 @@ def run_bench(quick: bool, progress: Callable[[str], None] | None = None) -> lis
         bench_devdax(results, size, REPEATS)
     step("fuzz")
     bench_fuzz(results, 8 if quick else 40, 100)
+    bench_fuzz_parallel(results, 8 if quick else 400, 100)
     step("scenario")
     bench_scenario(results, 1000 if quick else 10000)
     step("memory")

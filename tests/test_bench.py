@@ -6,6 +6,7 @@ memory row is a structural measure, what the model keeps per PTE-mapped 4K page.
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from typer.testing import CliRunner
@@ -37,6 +38,17 @@ def test_quick_bench_has_every_workload_of_the_issue(quick_bench: dict[str, obje
     assert any(n.startswith("fuzz steps/s") for n in names)
     assert any(n.startswith("scenario parse+run") for n in names)
     assert quick_bench["repeats"] == 3
+
+
+def test_quick_bench_fuzzes_with_one_process_per_cpu(quick_bench: dict[str, object]) -> None:
+    """The campaign row: 8 programs of 100 statements spread over one worker per CPU; on
+    mainline none of them breaks an invariant."""
+    rows = [r for r in quick_bench["results"] if "processes" in r["name"]]  # type: ignore[attr-defined]
+    assert len(rows) == 1
+    row = rows[0]
+    assert row["extra"]["jobs"] == (os.cpu_count() or 1)
+    assert row["extra"]["steps_per_s"] > 0
+    assert "0 findings" in row["note"]
 
 
 def test_quick_bench_rows_carry_model_and_per_page_times(quick_bench: dict[str, object]) -> None:
