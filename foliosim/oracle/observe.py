@@ -251,10 +251,25 @@ def vmstat() -> dict[str, int]:
     return out
 
 
+def _present_run(pid: int, page: int, stop: int) -> int:
+    """The end of the run of pages from ``page`` (before ``stop``) that are mapped now."""
+    with open(f"/proc/{pid}/pagemap", "rb") as f:
+        raw = os.pread(f.fileno(), 8 * ((stop - page) // PAGE), (page // PAGE) * 8)
+    for i in range(0, len(raw), 8):
+        if not int.from_bytes(raw[i : i + 8], "little") & PM_PRESENT:
+            return page + (i // 8) * PAGE
+    return stop
+
+
 def touch_limit(pid: int, start: int, length: int, write: bool) -> tuple[int, str | None]:
     """How far a touch of [start, start+length) gets before a signal, without touching:
     the end of the part that is mapped with the needed permission, not a guard region and
-    inside the backing file, and the signal the next page would raise."""
+    inside the backing file or already mapped, and the signal the next page would raise.
+
+    A page past EOF faults with SIGBUS only if it is not mapped: tmpfs maps huge folios with
+    a PMD across i_size on purpose (finish_fault, filemap_map_pages, mm/ 7.1.8), and then a
+    load or store there does not fault at all. A fault inside the range can map such pages
+    on the way, so the caller asks again from the stop after touching up to it."""
     page = start & ~(PAGE - 1)
     end = start + max(length, 1)
     vmas = maps(pid)
@@ -274,8 +289,12 @@ def touch_limit(pid: int, start: int, length: int, write: bool) -> tuple[int, st
                 eof = vma.start + max(0, ((size + PAGE - 1) & ~(PAGE - 1)) - vma.offset)
                 if eof < stop:
                     if page >= eof:
-                        return page, "SIGBUS"
-                    stop = max(eof, page)
+                        mapped = _present_run(pid, page, stop)
+                        if mapped == page:
+                            return page, "SIGBUS"
+                        stop = mapped
+                    else:
+                        stop = eof
         with open(f"/proc/{pid}/pagemap", "rb") as f:
             raw = os.pread(f.fileno(), 8 * ((stop - page) // PAGE), (page // PAGE) * 8)
         for i in range(0, len(raw), 8):
