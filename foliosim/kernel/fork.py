@@ -34,17 +34,18 @@ VM_COPY_ON_FORK = VM.PFNMAP | VM.MIXEDMAP | VM.MAYBE_GUARD
 
 
 def dup_mmap(k: Kernel, parent: MM, child: MM) -> None:
-    """dup_mmap() (kernel/fork.c, 7.1.8): copy every VMA except VM_DONTCOPY ones; anonymous
-    lineages get a child anon_vma (anon_vma_fork)."""
+    """dup_mmap() (kernel/fork.c, 7.1.8): copy every VMA except VM_DONTCOPY ones. A VMA whose
+    parent has an anon_vma gets one of its own, linked to the parent's (anon_vma_fork,
+    mm/rmap.c): one per VMA, so two child VMAs from one split parent VMA do not share one,
+    and the child VMA is a fork child (VMA.fork_child). Left out: anon_vma_clone()'s reuse
+    of an anon_vma in the chain with no VMA left and under two children."""
     k.enter("dup_mmap")
-    anon_map: dict[int, AnonVma] = {}
     for vma in parent.vmas:
         if vma.flags & VM.DONTCOPY:
             continue
-        anon = None
-        if vma.anon_vma is not None:
-            anon = anon_map.setdefault(vma.anon_vma.id, AnonVma())
-        new = VMA(child, vma.start, vma.end, vma.flags, vma.file, vma.pgoff, anon)
+        forked = vma.anon_vma is not None
+        anon = AnonVma() if forked else None
+        new = VMA(child, vma.start, vma.end, vma.flags, vma.file, vma.pgoff, anon, forked)
         child.insert_vma(new)
         if vma_needs_copy(new, vma):
             copy_page_range(k, new, vma)

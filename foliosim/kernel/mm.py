@@ -72,6 +72,11 @@ class VMA:
     file: BackingFile | None = None
     pgoff: int = 0  # in pages; for anon VMAs, the address >> PAGE_SHIFT at creation
     anon_vma: AnonVma | None = None
+    # vma_is_fork_child() (mm/vma.c, 7.1.8): the anon_vma_chain links a parent's anon_vma
+    # besides the VMA's own (anon_vma_fork cloned it), so it is not singular. Splits and
+    # mremap copies clone the chain and keep it. Such a VMA never merges with one that has
+    # no anon_vma (is_mergeable_anon_vma), to keep anon_vma trees from growing.
+    fork_child: bool = False
 
     @property
     def is_anonymous(self) -> bool:
@@ -171,6 +176,7 @@ class MM:
             file=vma.file,
             pgoff=vma.pgoff + ((addr - vma.start) >> page_shift),
             anon_vma=vma.anon_vma,
+            fork_child=vma.fork_child,
         )
         vma.end = addr
         i = self._index(vma) + 1
@@ -188,7 +194,8 @@ class MM:
             nxt = self.vmas[i + 1]
             if _mergeable(vma, nxt, page_shift):
                 vma.end = nxt.end
-                vma.anon_vma = vma.anon_vma or nxt.anon_vma
+                if vma.anon_vma is None:
+                    vma.anon_vma, vma.fork_child = nxt.anon_vma, nxt.fork_child
                 vma.flags |= nxt.flags & VM_STICKY
                 del self.vmas[i + 1]
                 del self._starts[i + 1]
@@ -196,7 +203,8 @@ class MM:
             prev = self.vmas[i - 1]
             if _mergeable(prev, vma, page_shift):
                 prev.end = vma.end
-                prev.anon_vma = prev.anon_vma or vma.anon_vma
+                if prev.anon_vma is None:
+                    prev.anon_vma, prev.fork_child = vma.anon_vma, vma.fork_child
                 prev.flags |= vma.flags & VM_STICKY
                 del self.vmas[i]
                 del self._starts[i]
@@ -231,7 +239,20 @@ def _mergeable(a: VMA, b: VMA, page_shift: int) -> bool:
         return False
     if a.file is not None and a.file.kind == "devdax":
         return False
-    return a.anon_vma is None or b.anon_vma is None or a.anon_vma is b.anon_vma
+    return _mergeable_anon_vma(a, b)
+
+
+def _mergeable_anon_vma(a: VMA, b: VMA) -> bool:
+    """is_mergeable_anon_vma() (mm/vma.c, 7.1.8), symmetric here: the same anon_vma, or
+    neither has one, or only one has one and it is not a fork child (the kernel's cases 1
+    and 2 refuse to dup or share a forked VMA's anon_vma). Left out: ``copied_from``, the
+    source of an mremap copy, which has the copy's chain and so its fork_child."""
+    if a.anon_vma is None and b.anon_vma is None:
+        return True
+    if a.anon_vma is None or b.anon_vma is None:
+        holder = a if a.anon_vma is not None else b
+        return not holder.fork_child
+    return a.anon_vma is b.anon_vma
 
 
 def mm_counter_file(folio: Folio) -> int:

@@ -100,7 +100,9 @@ def move_vma(
         vma = split_vma_at(k, vma, addr)
     if vma.end > addr + old_len:
         split_vma_at(k, vma, addr + old_len)
-    new = VMA(mm, new_addr, new_addr + new_len, vma.flags, vma.file, pgoff, vma.anon_vma)
+    new = VMA(
+        mm, new_addr, new_addr + new_len, vma.flags, vma.file, pgoff, vma.anon_vma, vma.fork_child
+    )
     move_page_tables(k, vma, addr, new, new_addr, old_len)
     mm.remove_vma(vma)
     mm.insert_vma(new)
