@@ -80,6 +80,7 @@ class Vma:
     start: int  # page numbers, [start, end)
     end: int
     anon_vma: int = 0  # 0: none yet; otherwise the anon_vma's identity
+    fork_child: bool = False  # its anon_vma chain links a parent's (anon_vma_fork)
 
 
 @dataclass
@@ -103,10 +104,20 @@ class PerPageModel:
         self.mms: dict[str, Mm] = {}
         self._anon_ids = 0
 
-    def anon_vma_prepare(self, vma: Vma) -> None:
-        if not vma.anon_vma:
-            self._anon_ids += 1
-            vma.anon_vma = self._anon_ids
+    def anon_vma_prepare(self, mm: Mm, vma: Vma) -> None:
+        """A neighbour's anon_vma when it touches and is not a fork child (every VMA here
+        has the same flags: find_mergeable_anon_vma tries the next VMA, then the previous),
+        else a new one."""
+        if vma.anon_vma:
+            return
+        following = [v for v in mm.vmas if v.start == vma.end]
+        preceding = [v for v in mm.vmas if v.end == vma.start]
+        for near in following + preceding:
+            if near.anon_vma and not near.fork_child:
+                vma.anon_vma = near.anon_vma
+                return
+        self._anon_ids += 1
+        vma.anon_vma = self._anon_ids
 
     # ---- tasks -------------------------------------------------------------------------
     def task(self, name: str) -> None:
@@ -114,15 +125,25 @@ class PerPageModel:
 
     def mmap(self, name: str, addr: int, length: int) -> None:
         """A new anonymous VMA, merged with an adjacent one whose anon_vma is compatible
-        (either has none, or they share it), as vma_merge_new_range() does."""
+        (neither has one, they share it, or only one has one and it is not a fork child),
+        as vma_merge_new_range() does."""
         mm = self.mms[name]
         new = Vma(addr >> PAGE_SHIFT, (addr + length + PAGE - 1) >> PAGE_SHIFT)
         for vma in list(mm.vmas):
-            compatible = not vma.anon_vma or not new.anon_vma or vma.anon_vma == new.anon_vma
+            if vma.anon_vma and new.anon_vma:
+                compatible = vma.anon_vma == new.anon_vma
+            elif vma.anon_vma or new.anon_vma:
+                compatible = not (vma.fork_child if vma.anon_vma else new.fork_child)
+            else:
+                compatible = True
             if compatible and (vma.end == new.start or new.end == vma.start):
                 mm.vmas.remove(vma)
+                holder = vma if vma.anon_vma else new
                 new = Vma(
-                    min(vma.start, new.start), max(vma.end, new.end), vma.anon_vma or new.anon_vma
+                    min(vma.start, new.start),
+                    max(vma.end, new.end),
+                    holder.anon_vma,
+                    holder.fork_child,
                 )
         mm.vmas.append(new)
 
@@ -130,15 +151,12 @@ class PerPageModel:
         src = self.mms[parent]
         dst = Mm(child)
         self.mms[child] = dst
-        lineage: dict[int, int] = {}
         for vma in src.vmas:
             child_anon = 0
-            if vma.anon_vma:
-                if vma.anon_vma not in lineage:
-                    self._anon_ids += 1
-                    lineage[vma.anon_vma] = self._anon_ids
-                child_anon = lineage[vma.anon_vma]
-            dst.vmas.append(Vma(vma.start, vma.end, child_anon))
+            if vma.anon_vma:  # anon_vma_fork: one new anon_vma per VMA, chained to the parent's
+                self._anon_ids += 1
+                child_anon = self._anon_ids
+            dst.vmas.append(Vma(vma.start, vma.end, child_anon, bool(vma.anon_vma)))
             if not vma.anon_vma:
                 continue  # vma_needs_copy(): nothing to copy, the child refaults
             for pmd_no, pmd in list(src.pmds.items()):
@@ -189,7 +207,7 @@ class PerPageModel:
             if not write or pmd.write:
                 return
             if pmd.thp is None:  # do_huge_zero_wp_pmd: a new THP in place
-                self.anon_vma_prepare(vma)
+                self.anon_vma_prepare(mm, vma)
                 mm.pmds[pmd_no] = Pmd(Thp(), True)
                 mm.rss += PMD_NR
                 return
@@ -199,7 +217,7 @@ class PerPageModel:
                 return
             self._split_pmd(mm, pmd_no)
         elif self._thp_suitable(mm, vma, pmd_no):
-            self.anon_vma_prepare(vma)
+            self.anon_vma_prepare(mm, vma)
             if write:
                 mm.pmds[pmd_no] = Pmd(Thp(), True)
                 mm.rss += PMD_NR
@@ -211,7 +229,7 @@ class PerPageModel:
             if not write:
                 mm.ptes[vpn] = Pte(ZERO_PAGE, False)
                 return
-            self.anon_vma_prepare(vma)
+            self.anon_vma_prepare(mm, vma)
             page = Page()
             page.mapcount = 1
             page.exclusive = True
@@ -226,7 +244,7 @@ class PerPageModel:
             pte.write = True
             return
         # wp_page_copy: a new exclusive order-0 page replaces the old one.
-        self.anon_vma_prepare(vma)
+        self.anon_vma_prepare(mm, vma)
         new = Page()
         new.mapcount = 1
         new.exclusive = True
@@ -272,9 +290,9 @@ class PerPageModel:
                 kept.append(vma)
                 continue
             if vma.start < start:
-                kept.append(Vma(vma.start, start, vma.anon_vma))
+                kept.append(Vma(vma.start, start, vma.anon_vma, vma.fork_child))
             if vma.end > end:
-                kept.append(Vma(end, vma.end, vma.anon_vma))
+                kept.append(Vma(end, vma.end, vma.anon_vma, vma.fork_child))
         mm.vmas = kept
 
     def _zap(self, mm: Mm, start: int, end: int) -> None:

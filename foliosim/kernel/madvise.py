@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING
 
 from foliosim.kernel import huge_memory
 from foliosim.kernel.huge_memory_split import split_file_folio, split_folio
-from foliosim.kernel.mm import VM, AnonVma
+from foliosim.kernel.memory import anon_vma_prepare
+from foliosim.kernel.mm import VM
 from foliosim.kernel.mmap import SyscallError, page_align, split_vma_at
 from foliosim.kernel.pgtable import PTE_MARKER_GUARD
 from foliosim.kernel.rmap import folio_maybe_mapped_shared
@@ -215,8 +216,8 @@ def madvise_guard_install(k: Kernel, vma: VMA, start: int, end: int) -> None:
     mapped in the range (RSS drops as for DONTNEED), then a PTE_MARKER_GUARD in every PTE."""
     k.enter("madvise_guard_install")
     vma.flags |= VM.MAYBE_GUARD
-    if vma.is_anonymous and vma.anon_vma is None:
-        vma.anon_vma = AnonVma()
+    if vma.is_anonymous:
+        anon_vma_prepare(vma)
     unmap_page_range(k, vma, start, end)
     _set_markers(k, vma, start, end, install=True)
 

@@ -99,11 +99,14 @@ def handle_pte_fault(k: Kernel, vma: VMA, addr: int, write: bool) -> str | None:
 
 # ---- anonymous memory -------------------------------------------------------------------
 def anon_vma_prepare(vma: VMA) -> None:
-    """anon_vma_prepare(): give the VMA an anon_vma on its first anonymous folio."""
+    """__anon_vma_prepare() (mm/rmap.c, 7.1.8): give the VMA an anon_vma on its first
+    anonymous folio, a neighbour's when find_mergeable_anon_vma() finds one (so a later
+    mprotect can merge them again), else a new one. Left out: locking, the anon_vma's
+    refcount and degree."""
     if vma.anon_vma is None:
-        from foliosim.kernel.mm import AnonVma
+        from foliosim.kernel.mm import AnonVma, find_mergeable_anon_vma
 
-        vma.anon_vma = AnonVma()
+        vma.anon_vma = find_mergeable_anon_vma(vma) or AnonVma()
 
 
 def do_anonymous_page(k: Kernel, vma: VMA, addr: int, write: bool) -> str | None:

@@ -255,6 +255,38 @@ def _mergeable_anon_vma(a: VMA, b: VMA) -> bool:
     return a.anon_vma is b.anon_vma
 
 
+# VM_ACCESS_FLAGS (include/linux/mm.h): what anon_vma_compatible() lets differ.
+VM_ACCESS = VM.READ | VM.WRITE | VM.EXEC
+
+
+def _anon_vma_compatible(a: VMA, b: VMA, page_shift: int) -> bool:
+    """anon_vma_compatible() (mm/vma.c, 7.1.8): a right below b, the same file, contiguous
+    pgoff, flags equal but for access bits and the ones merging ignores (mempolicies are
+    not modelled: equal). Anonymous pgoffs are not compared, as _mergeable() does not."""
+    if a.end != b.start or a.file is not b.file or (a.flags ^ b.flags) & ~(VM_ACCESS | VM_STICKY):
+        return False
+    return a.file is None or b.pgoff == a.pgoff + ((b.start - a.start) >> page_shift)
+
+
+def find_mergeable_anon_vma(vma: VMA) -> AnonVma | None:
+    """find_mergeable_anon_vma() (mm/vma.c, 7.1.8): the anon_vma of the next VMA, else of the
+    previous one, if that neighbour is anon_vma_compatible() with ``vma`` and its chain is
+    singular (reusable_anon_vma: not a fork child)."""
+    mm = vma.mm
+    i = mm._index(vma)
+    page_shift = mm.pgtables.mem.page_shift
+    pairs: list[tuple[VMA, VMA, VMA]] = []
+    if i + 1 < len(mm.vmas):
+        pairs.append((mm.vmas[i + 1], vma, mm.vmas[i + 1]))
+    if i > 0:
+        pairs.append((mm.vmas[i - 1], mm.vmas[i - 1], vma))
+    for old, a, b in pairs:
+        if old.anon_vma is not None and not old.fork_child:
+            if _anon_vma_compatible(a, b, page_shift):
+                return old.anon_vma
+    return None
+
+
 def mm_counter_file(folio: Folio) -> int:
     """mm_counter_file() (include/linux/mm.h, 7.1.8): MM_SHMEMPAGES if swapbacked, else
     MM_FILEPAGES (the model has no swap entries, the other case of the kernel's)."""
