@@ -362,7 +362,9 @@ def _size(mib: int) -> str:
 
 # The anon, split and device-dax rows take the best of this many repetitions in every column
 # (model, per-page model, kernel): their model times are milliseconds, where one run is noise.
-REPEATS = 3
+# Five, as timeit's default: with three, the 4K fork row's ratio to the per-page model spread
+# over 47-72 in five back-to-back runs on a noisy 2-vCPU machine (2026-12-03).
+REPEATS = 5
 
 
 def run_bench(quick: bool, progress: Callable[[str], None] | None = None) -> list[Result]:

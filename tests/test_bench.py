@@ -37,7 +37,7 @@ def test_quick_bench_has_every_workload_of_the_issue(quick_bench: dict[str, obje
     assert any(n.startswith("devdax PUD fault+fork+munmap") for n in names)
     assert any(n.startswith("fuzz steps/s") for n in names)
     assert any(n.startswith("scenario parse+run") for n in names)
-    assert quick_bench["repeats"] == 3
+    assert quick_bench["repeats"] == 5
 
 
 def test_quick_bench_fuzzes_with_one_process_per_cpu(quick_bench: dict[str, object]) -> None:
