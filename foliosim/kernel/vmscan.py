@@ -3,9 +3,11 @@
 try_to_unmap() takes a folio out of every page table that maps it; shrink_file_folio() is
 the part of shrink_folio_list() a file or shmem folio goes through when there is no swap:
 unmapped first, then a dirty page-cache folio is kept (only kswapd writes back from
-reclaim), a shmem folio is kept (no swap to write it to), a clean page-cache folio leaves
-the cache and is freed. Left out: writeback, buffers, mlock, the LRU lists and per-CPU LRU
-batches (a folio still in one cannot be isolated by the kernel, so it stays mapped there).
+reclaim), a dirty shmem folio is kept (shmem_writeout() has no swap to write it to and
+redirties it), and a clean folio of either leaves the cache and is freed (__remove_mapping:
+a shmem folio nobody wrote holds only zeroes, what the hole reads as anyway). Left out:
+writeback, buffers, mlock, the LRU lists and per-CPU LRU batches (a folio still in one
+cannot be isolated by the kernel, so it stays mapped there).
 """
 
 from __future__ import annotations
@@ -53,6 +55,6 @@ def shrink_file_folio(k: Kernel, folio: Folio) -> None:
     try_to_unmap(k, folio)
     folio.referenced = False
     file = folio.mapping
-    if folio.swapbacked or folio.dirty or not isinstance(file, BackingFile):
-        return  # shmem: no swap; dirty page cache: activated, not written from here
+    if folio.dirty or not isinstance(file, BackingFile):
+        return  # dirty page cache: activated, not written from here; dirty shmem: no swap
     filemap_remove_folio(k, file, folio)
