@@ -232,10 +232,17 @@ class MM:
 VM_STICKY = VM.MAYBE_GUARD
 
 
-def _mergeable(a: VMA, b: VMA, page_shift: int) -> bool:
-    if a.end != b.start or (a.flags ^ b.flags) & ~VM_STICKY or a.file is not b.file:
+def _adjacent_alike(a: VMA, b: VMA, page_shift: int, may_differ: int) -> bool:
+    """a right below b, the same file at contiguous pgoffs (anonymous pgoffs are not
+    compared), and flags equal but for ``may_differ``: the test merging and
+    anon_vma_compatible() share."""
+    if a.end != b.start or a.file is not b.file or (a.flags ^ b.flags) & ~may_differ:
         return False
-    if a.file is not None and a.pgoff + ((a.end - a.start) >> page_shift) != b.pgoff:
+    return a.file is None or a.pgoff + ((a.end - a.start) >> page_shift) == b.pgoff
+
+
+def _mergeable(a: VMA, b: VMA, page_shift: int) -> bool:
+    if not _adjacent_alike(a, b, page_shift, VM_STICKY):
         return False
     if a.file is not None and a.file.kind == "devdax":
         return False
@@ -263,9 +270,7 @@ def _anon_vma_compatible(a: VMA, b: VMA, page_shift: int) -> bool:
     """anon_vma_compatible() (mm/vma.c, 7.1.8): a right below b, the same file, contiguous
     pgoff, flags equal but for access bits and the ones merging ignores (mempolicies are
     not modelled: equal). Anonymous pgoffs are not compared, as _mergeable() does not."""
-    if a.end != b.start or a.file is not b.file or (a.flags ^ b.flags) & ~(VM_ACCESS | VM_STICKY):
-        return False
-    return a.file is None or b.pgoff == a.pgoff + ((b.start - a.start) >> page_shift)
+    return _adjacent_alike(a, b, page_shift, VM_ACCESS | VM_STICKY)
 
 
 def find_mergeable_anon_vma(vma: VMA) -> AnonVma | None:

@@ -183,8 +183,7 @@ class PteTable:
             table.row = row
             made.append(table)
         pgt.pte_tables.update(zip(pmd_nos, made, strict=True))
-        if changed is not None:
-            changed.update(made)
+        changed.update(made)
 
     @property
     def nr_slots(self) -> int:

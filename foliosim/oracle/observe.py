@@ -251,14 +251,11 @@ def vmstat() -> dict[str, int]:
     return out
 
 
-def _present_run(pid: int, page: int, stop: int) -> int:
-    """The end of the run of pages from ``page`` (before ``stop``) that are mapped now."""
+def _pagemap_range(pid: int, page: int, stop: int) -> list[int]:
+    """The /proc/PID/pagemap entries of the pages [page, stop)."""
     with open(f"/proc/{pid}/pagemap", "rb") as f:
         raw = os.pread(f.fileno(), 8 * ((stop - page) // PAGE), (page // PAGE) * 8)
-    for i in range(0, len(raw), 8):
-        if not int.from_bytes(raw[i : i + 8], "little") & PM_PRESENT:
-            return page + (i // 8) * PAGE
-    return stop
+    return [int.from_bytes(raw[i : i + 8], "little") for i in range(0, len(raw), 8)]
 
 
 def touch_limit(pid: int, start: int, length: int, write: bool) -> tuple[int, str | None]:
@@ -280,6 +277,7 @@ def touch_limit(pid: int, start: int, length: int, write: bool) -> tuple[int, st
         if write and vma.perms[1] != "w":
             return page, "SIGSEGV"
         stop = min(vma.end, (end + PAGE - 1) & ~(PAGE - 1))
+        entries: list[int] | None = None  # pagemap of [page, stop), read at most once
         if vma.path and not vma.path.startswith("["):
             try:
                 size = os.stat(f"/proc/{pid}/map_files/{vma.start:x}-{vma.end:x}").st_size
@@ -288,17 +286,20 @@ def touch_limit(pid: int, start: int, length: int, write: bool) -> tuple[int, st
             if size is not None:
                 eof = vma.start + max(0, ((size + PAGE - 1) & ~(PAGE - 1)) - vma.offset)
                 if eof < stop:
-                    if page >= eof:
-                        mapped = _present_run(pid, page, stop)
-                        if mapped == page:
+                    if page >= eof:  # only the pages mapped now go on
+                        entries = _pagemap_range(pid, page, stop)
+                        mapped = next(
+                            (i for i, e in enumerate(entries) if not e & PM_PRESENT), len(entries)
+                        )
+                        if not mapped:
                             return page, "SIGBUS"
-                        stop = mapped
+                        stop = page + mapped * PAGE
                     else:
                         stop = eof
-        with open(f"/proc/{pid}/pagemap", "rb") as f:
-            raw = os.pread(f.fileno(), 8 * ((stop - page) // PAGE), (page // PAGE) * 8)
-        for i in range(0, len(raw), 8):
-            if int.from_bytes(raw[i : i + 8], "little") & PM_GUARD_REGION:
-                return page + (i // 8) * PAGE, "SIGSEGV"
+        if entries is None:
+            entries = _pagemap_range(pid, page, stop)
+        for i, entry in enumerate(entries[: (stop - page) // PAGE]):
+            if entry & PM_GUARD_REGION:
+                return page + i * PAGE, "SIGSEGV"
         page = stop
     return end, None
