@@ -48,7 +48,8 @@ def try_to_unmap(k: Kernel, folio: Folio) -> None:
 
 
 def shrink_file_folio(k: Kernel, folio: Folio) -> None:
-    """shrink_folio_list() for one isolated file or shmem folio, no swap (see the module)."""
+    """shrink_folio_list() (mm/vmscan.c, 7.1.8) for one isolated file or shmem folio, no swap
+    (see the module)."""
     from foliosim.kernel.files import BackingFile, filemap_remove_folio
 
     k.enter("shrink_folio_list")
